@@ -1,0 +1,95 @@
+"""Optional API keys: who may call which model, who may administer, how often.
+
+Keys are compared in constant time and never logged; a key is known only by
+its name in logs and errors.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import time
+from typing import Callable
+
+from .config import AuthConfig, AuthKey
+from .errors import Forbidden, TooManyRequests, Unauthorized
+
+
+class RateLimiter:
+    """A token bucket per key: ``per_min`` requests a minute, bursting up to that many."""
+
+    def __init__(self, per_min: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.capacity = float(per_min)
+        self.rate = per_min / 60.0
+        self.tokens = float(per_min)
+        self.clock = clock
+        self.stamp = clock()
+
+    def take(self) -> float:
+        """0 when allowed, else the seconds until a request would be."""
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+class Authenticator:
+    def __init__(self, config: AuthConfig | None) -> None:
+        self.config = config
+        self.enabled = config is not None and bool(config.keys)
+        self.limiters: dict[str, RateLimiter] = {}
+        if config is not None:
+            for key in config.keys:
+                if key.rate_limit_per_min:
+                    self.limiters[key.name] = RateLimiter(key.rate_limit_per_min)
+
+    def identify(self, authorization: str | None) -> AuthKey | None:
+        """The key a request presents, or None when auth is off. 401 for a bad key."""
+        if not self.enabled or self.config is None:
+            return None
+        presented = ""
+        if authorization and authorization[:7].lower() == "bearer ":
+            presented = authorization[7:].strip()
+        if not presented:
+            raise Unauthorized("missing API key: send 'Authorization: Bearer KEY'")
+        match = None
+        for key in self.config.keys:
+            # Compare with every key, so timing does not tell which one was close.
+            if hmac.compare_digest(presented.encode(), key.key.encode()):
+                match = key
+        if match is None:
+            raise Unauthorized("invalid API key")
+        return match
+
+    def check_rate(self, key: AuthKey | None) -> None:
+        if key is None:
+            return
+        limiter = self.limiters.get(key.name)
+        if limiter is None:
+            return
+        wait = limiter.take()
+        if wait > 0:
+            raise TooManyRequests(
+                f"rate limit of key '{key.name}' exceeded ({key.rate_limit_per_min} requests per "
+                "minute)", headers={"Retry-After": str(max(1, math.ceil(wait)))})
+
+    @staticmethod
+    def may_use(key: AuthKey | None, model: str) -> bool:
+        return key is None or key.models == "*" or model in key.models
+
+    def require_model(self, key: AuthKey | None, model: str) -> None:
+        if not self.may_use(key, model):
+            assert key is not None
+            raise Forbidden(f"key '{key.name}' may not use model '{model}'")
+
+    def require_admin(self, authorization: str | None) -> None:
+        key = self.identify(authorization)
+        if key is not None and not key.admin:
+            raise Forbidden(f"key '{key.name}' is not an admin key")
+
+    def require_status(self, authorization: str | None) -> None:
+        if self.enabled and self.config is not None and self.config.protect_status:
+            self.identify(authorization)

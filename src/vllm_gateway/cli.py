@@ -1,0 +1,118 @@
+"""The ``vllm-gateway`` command: demo, serve, check-config, status, load, unload, logs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from typing import Sequence
+
+from .config_load import ConfigError, check_config_main, load_config
+from .log_setup import setup_logging
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _url_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=os.environ.get("VLLM_GATEWAY_URL", DEFAULT_URL),
+                        help="the gateway's address (env VLLM_GATEWAY_URL; default %(default)s)")
+    parser.add_argument("--api-key", default=os.environ.get("VLLM_GATEWAY_API_KEY"),
+                        help="an admin key when auth is on (env VLLM_GATEWAY_API_KEY)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vllm-gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run a gateway with simulated models (no GPU needed)")
+    demo.add_argument("--host", default=None)
+    demo.add_argument("--port", type=int, default=None)
+    demo.add_argument("--log-format", choices=["text", "json"], default=None)
+
+    serve = sub.add_parser("serve", help="run the gateway with a config file")
+    serve.add_argument("--config", "-c", required=True, help="the YAML config file")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--log-format", choices=["text", "json"], default=None)
+
+    check = sub.add_parser("check-config", help="validate a config file without starting anything")
+    check.add_argument("file")
+
+    status = sub.add_parser("status", help="show GPUs and models as a table")
+    _url_arg(status)
+    status.add_argument("--watch", "-w", action="store_true", help="refresh every second")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+
+    for name in ("load", "unload"):
+        p = sub.add_parser(name, help=f"{name} a model")
+        p.add_argument("name")
+        _url_arg(p)
+
+    logs = sub.add_parser("logs", help="show a model server's recent output")
+    logs.add_argument("name")
+    logs.add_argument("--lines", "-n", type=int, default=100)
+    logs.add_argument("--follow", "-f", action="store_true")
+    _url_arg(logs)
+    return parser
+
+
+def _serve(config_path: str | None, text: str | None, args: argparse.Namespace,
+           banner_for_demo: bool) -> int:
+    try:
+        config = load_config(config_path, dict(os.environ), host=args.host, port=args.port,
+                             log_format=args.log_format, text=text)
+    except ConfigError as err:
+        print(f"vllm-gateway: invalid configuration:\n{err}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level, config.log_format)
+    from .serve import run_gateway
+
+    banner = None
+    if banner_for_demo:
+        from .demo import demo_banner
+        banner = demo_banner(config)
+    try:
+        asyncio.run(run_gateway(config, banner=banner))
+    except OSError as exc:
+        print(f"vllm-gateway: cannot listen on {config.server.host}:{config.server.port}: {exc}",
+              file=sys.stderr)
+        return 1
+    except Exception as exc:
+        from .gpu import GpuDiscoveryError
+        if isinstance(exc, GpuDiscoveryError):
+            print(f"vllm-gateway: {exc}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args.config, None, args, banner_for_demo=False)
+    if args.command == "demo":
+        from .demo import demo_config_text
+        return _serve(None, demo_config_text(), args, banner_for_demo=True)
+    if args.command == "check-config":
+        code, message = check_config_main(args.file, dict(os.environ))
+        print(message, file=sys.stdout if code == 0 else sys.stderr)
+        return code
+    from . import client
+    try:
+        if args.command == "status":
+            return client.status(args.url, watch=args.watch, raw=args.json)
+        if args.command in ("load", "unload"):
+            return client.admin(args.url, args.command, args.name, args.api_key)
+        if args.command == "logs":
+            return client.logs(args.url, args.name, args.lines, args.follow)
+    except client.ClientError as exc:
+        print(f"vllm-gateway: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

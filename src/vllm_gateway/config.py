@@ -1,0 +1,137 @@
+"""Typed configuration of a gateway.
+
+These frozen dataclasses are the contract every other module reads. They are
+built only by :func:`vllm_gateway.config_load.load_config`, which applies the
+precedence rules (command-line flag > environment variable > the file's
+``defaults`` > built-in default; a model's own setting wins for that model)
+and validates every value with the key path in its error message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Mapping
+
+LauncherKind = Literal["subprocess", "docker"]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    shutdown_timeout_s: float = 30.0
+    max_body_mb: float = 32.0
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    id: int
+    vram_gb: float
+
+
+@dataclass(frozen=True)
+class DockerSpec:
+    """How to run a model as a container (``launcher: docker``)."""
+
+    image: str = "vllm/vllm-openai:latest"
+    # Arguments after the image; same placeholders as ``command``.
+    args: tuple[str, ...] = ()
+    # "host:container[:mode]" strings, as ``docker run -v`` takes them.
+    volumes: tuple[str, ...] = ()
+    shm_size: str | None = None
+    ipc: str | None = None
+    # "host" (default) or "bridge" (the container port is published on 127.0.0.1:{port}).
+    network: str = "host"
+    # Port the server listens on inside the container when network is not host.
+    container_port: int = 8000
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    # Exactly one of command / url / docker is the way to reach the model.
+    command: tuple[str, ...] | None = None
+    url: str | None = None
+    launcher: LauncherKind = "subprocess"
+    docker: DockerSpec | None = None
+    vram_gb: float = 0.0
+    gpu_count: int = 1
+    aliases: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    health_path: str = "/health"
+    max_concurrent: int = 50
+    max_queue: int = 200
+    idle_timeout_s: float = 1800.0
+    startup_timeout_s: float = 1800.0
+    request_timeout_s: float = 600.0
+    pinned: bool = False
+    forward_authorization: bool = False
+
+    @property
+    def managed(self) -> bool:
+        """True when the gateway starts and stops this model's server."""
+        return self.url is None
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """Retries of requests that never reached the backend."""
+
+    max_retries: int = 3  # GATEWAY_MAX_RETRIES
+    delay_s: float = 1.0  # GATEWAY_RETRY_DELAY
+    backoff: float = 1.5  # GATEWAY_RETRY_BACKOFF
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """How failed starts and sick backends are handled."""
+
+    start_backoff_s: float = 2.0  # first delay after a failed start; doubles
+    start_backoff_max_s: float = 60.0
+    max_failed_starts: int = 3  # in a row, then held failed until backoff ends or /load
+    health_interval_s: float = 2.0  # periodic probe of ready backends
+    unhealthy_probes: int = 3  # failed probes in a row before a hung backend is restarted
+    stop_grace_s: float = 10.0  # SIGTERM, then SIGKILL after this
+
+
+@dataclass(frozen=True)
+class AuthKey:
+    name: str
+    key: str  # the secret itself, read from key_env or key_file; never logged
+    models: tuple[str, ...] | Literal["*"] = "*"
+    admin: bool = False
+    rate_limit_per_min: int | None = None
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    keys: tuple[AuthKey, ...] = ()
+    protect_status: bool = False
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    # None: no GPU accounting. "auto": read through NVML at start.
+    gpus: tuple[GpuSpec, ...] | Literal["auto"] | None = None
+    max_loaded_models: int | None = None  # GATEWAY_MAX_MODELS_CONCURRENT
+    models: Mapping[str, ModelConfig] = field(default_factory=dict)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    auth: AuthConfig | None = None
+    http_pool_size: int | None = None  # GATEWAY_HTTP_POOL_SIZE; None: sum of max_concurrent
+    log_level: str = "INFO"  # LOG_LEVEL
+    log_format: Literal["text", "json"] = "text"
+    container_prefix: str = "vllm"  # VLLM_CONTAINER_PREFIX
+    # Directory for the state file of started process groups (orphan cleanup).
+    state_dir: str | None = None
+
+    def lookup(self, name_or_alias: str) -> ModelConfig | None:
+        """The model a request names, by its name or one of its aliases."""
+        found = self.models.get(name_or_alias)
+        if found is not None:
+            return found
+        for model in self.models.values():
+            if name_or_alias in model.aliases:
+                return model
+        return None

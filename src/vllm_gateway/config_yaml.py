@@ -1,0 +1,66 @@
+"""YAML parsing for configuration files, stricter than ``yaml.safe_load``.
+
+A key written twice in one mapping is an error here: plain PyYAML keeps the
+last one silently, which would merge two models of the same name into one.
+Parse failures come back as ValueError with the line and column in the text.
+"""
+
+from __future__ import annotations
+
+import yaml
+from yaml.constructor import ConstructorError
+from yaml.nodes import MappingNode, Node
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (merge keys ``<<`` still work)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: Node) -> dict[object, object]:
+    if isinstance(node, MappingNode):
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            # Keys brought in by `<<: *anchor` may legitimately be overridden.
+            if key_node.tag == _MERGE_TAG:
+                continue
+            key = loader.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # unhashable; construct_mapping reports it with its position
+            if duplicate:
+                raise ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+    return loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,
+)
+
+
+def _describe(error: yaml.YAMLError) -> str:
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        problem = error.problem or "invalid YAML"
+        context = f" ({error.context})" if error.context else ""
+        return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}{context}"
+    return "invalid YAML: " + " ".join(str(error).split())
+
+
+def parse_yaml(text: str) -> object:
+    """The document in ``text``; None for an empty one (or one of only comments)."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as error:
+        raise ValueError(_describe(error)) from None
+    except RecursionError:
+        raise ValueError("invalid YAML: nested too deeply") from None

@@ -1,0 +1,13 @@
+"""A fake vLLM OpenAI server for the demo, the integration tests and the benchmarks.
+
+Run it as its own process::
+
+    python -m vllm_gateway.fake_backend --port 8001 --served-model-name tiny
+
+It behaves like vLLM's OpenAI server wherever a gateway can tell: the port
+refuses connections while the "model" loads, it answers the same endpoints and
+error shapes, streams Server-Sent Events, exposes the same Prometheus gauges,
+and leaves a worker process behind when its main process is SIGKILLed. Test
+hooks live under ``/fake/`` and in an optional ``"fake"`` field of a request
+body. This package imports nothing heavy so that the worker starts lean.
+"""

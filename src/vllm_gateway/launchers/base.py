@@ -1,0 +1,98 @@
+"""The seam between the gateway and whatever runs a model server.
+
+A launcher turns a :class:`LaunchSpec` into a running server and gives back a
+:class:`ServerHandle`. The gateway never touches processes or containers
+directly: the subprocess launcher, the Docker launcher and test fakes all
+implement these two small interfaces.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Protocol
+
+from ..config import ModelConfig
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    model: ModelConfig
+    port: int
+    gpu_ids: tuple[int, ...]
+    # vram_gb over the chosen GPU's total, rounded down to 2 decimals; 0.9 without GPUs.
+    gpu_memory_utilization: float
+    # Extra environment for the server (CUDA_VISIBLE_DEVICES is set by the launcher).
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def placeholders(self) -> dict[str, str]:
+        return {
+            "port": str(self.port),
+            "name": self.model.name,
+            "gpu_ids": ",".join(str(g) for g in self.gpu_ids),
+            "gpu_memory_utilization": f"{self.gpu_memory_utilization:.2f}",
+        }
+
+
+class LogBuffer:
+    """The last lines a server printed, bounded, with listeners for live tails."""
+
+    def __init__(self, max_lines: int = 1000) -> None:
+        self._lines: collections.deque[str] = collections.deque(maxlen=max_lines)
+        self._listeners: list[Callable[[str], None]] = []
+
+    def append(self, line: str) -> None:
+        self._lines.append(line)
+        for listener in list(self._listeners):
+            listener(line)
+
+    def tail(self, n: int) -> list[str]:
+        if n <= 0:
+            return []
+        return list(self._lines)[-n:]
+
+    def subscribe(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+
+class LaunchError(Exception):
+    """The server could not be started at all (bad command, missing image...)."""
+
+
+class ServerHandle(Protocol):
+    """One running model server."""
+
+    @property
+    def pid(self) -> int | None:
+        """The main process id, or None where there is no local process."""
+
+    @property
+    def base_url(self) -> str:
+        """Where the server answers, e.g. ``http://127.0.0.1:41234``."""
+
+    @property
+    def logs(self) -> LogBuffer: ...
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the server is gone, else None."""
+
+    def alive(self) -> bool: ...
+
+    async def wait_exit(self) -> int:
+        """Wait until the server's main process has exited; returns its exit code."""
+
+    async def stop(self, grace_s: float) -> None:
+        """SIGTERM (or the equivalent), SIGKILL after ``grace_s``, and return only
+        when every process of the server is gone, so its memory is really free."""
+
+
+class Launcher(Protocol):
+    async def start(self, spec: LaunchSpec) -> ServerHandle:
+        """Start the server; raise LaunchError when it cannot even be started."""
+
+    async def cleanup_leftovers(self) -> list[str]:
+        """Remove servers a previous run of this gateway left behind; say which."""
+
+    async def close(self) -> None: ...

@@ -1,0 +1,97 @@
+"""Prometheus metrics on the app's own registry (no global state, many apps per process).
+
+Counters and histograms are updated where things happen; gauges that mirror
+live state (in-flight, queued, model state, GPU memory) are read at scrape
+time from their one owner, so they can never drift from what status shows.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .lifecycle import State
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+START_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+
+
+class LiveCollector(Collector):
+    """Gauges read at scrape time from a snapshot function."""
+
+    def __init__(self, snapshot: Callable[[], dict[str, object]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snapshot()
+        models = snap.get("models", [])
+        gpus = snap.get("gpus", [])
+        assert isinstance(models, list) and isinstance(gpus, list)
+        in_flight = GaugeMetricFamily("vllm_gateway_requests_in_flight",
+                                      "Requests being served by the backend", labels=["model"])
+        queued = GaugeMetricFamily("vllm_gateway_requests_queued",
+                                   "Requests waiting for a slot or for the model to start",
+                                   labels=["model"])
+        state = GaugeMetricFamily("vllm_gateway_model_state",
+                                  "1 for the state the model is in, 0 for the others",
+                                  labels=["model", "state"])
+        for m in models:
+            in_flight.add_metric([m["name"]], m["in_flight"])
+            queued.add_metric([m["name"]], m["queued"])
+            for s in State:
+                state.add_metric([m["name"], s.value], 1.0 if m["state"] == s.value else 0.0)
+        total = GaugeMetricFamily("vllm_gateway_gpu_memory_total_gb", "GPU memory", labels=["gpu"])
+        placed = GaugeMetricFamily("vllm_gateway_gpu_memory_placed_gb",
+                                   "GPU memory placed by the gateway", labels=["gpu"])
+        driver = GaugeMetricFamily("vllm_gateway_gpu_memory_driver_used_gb",
+                                   "GPU memory in use as the NVIDIA driver reports it", labels=["gpu"])
+        for g in gpus:
+            total.add_metric([str(g["id"])], g["vram_gb"])
+            placed.add_metric([str(g["id"])], g["used_gb"])
+            if g.get("driver_used_gb") is not None:
+                driver.add_metric([str(g["id"])], g["driver_used_gb"])
+        yield from (in_flight, queued, state, total, placed, driver)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("vllm_gateway_requests", "Requests answered, by HTTP status",
+                                ["model", "code"], registry=r)
+        self.queue_wait = Histogram("vllm_gateway_queue_wait_seconds",
+                                    "Time from arrival to a backend slot (includes model start)",
+                                    ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttfb = Histogram("vllm_gateway_time_to_first_byte_seconds",
+                              "Time from arrival to the first byte of the answer",
+                              ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.duration = Histogram("vllm_gateway_request_duration_seconds",
+                                  "Time from arrival to the end of the answer",
+                                  ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("vllm_gateway_tokens", "Tokens reported by backends in usage",
+                              ["model", "kind"], registry=r)
+        self.starts = Counter("vllm_gateway_model_starts", "Model server starts", ["model"],
+                              registry=r)
+        self.start_seconds = Histogram("vllm_gateway_model_start_seconds",
+                                       "Time from launch to healthy", ["model"],
+                                       buckets=START_BUCKETS, registry=r)
+        self.failures = Counter("vllm_gateway_model_failures",
+                                "Failed starts and crashes of model servers", ["model"], registry=r)
+        self.evictions = Counter("vllm_gateway_model_evictions",
+                                 "Models stopped by the gateway, by reason (lru, idle, manual)",
+                                 ["model", "reason"], registry=r)
+        self.retries = Counter("vllm_gateway_retries", "Requests retried before reaching a backend",
+                               ["model"], registry=r)
+        ProcessCollector(namespace="vllm_gateway", registry=r)
+
+    def watch(self, snapshot: Callable[[], dict[str, object]]) -> None:
+        self.registry.register(LiveCollector(snapshot))
+
+    def prime(self, models: Iterable[str]) -> None:
+        """Create the per-model series at zero so dashboards see them before traffic."""
+        for name in models:
+            self.starts.labels(name)
+            self.failures.labels(name)

@@ -1,0 +1,348 @@
+"""Pure GPU placement planner: where a model goes and which idle models must go first.
+
+Everything here is a pure function of its arguments (no I/O, no clock, no shared state), so the
+caller can take a snapshot of the loaded models under its own lock, ask for a decision and apply it.
+
+What a decision optimises, in order:
+
+1. never over-commit a GPU and never evict a model that is not evictable;
+2. evict as few models as possible (memory and ``max_loaded`` together), so a model that fits
+   without eviction never evicts anything;
+3. among eviction sets of that size, the one that spares recently used models: compare the sets'
+   members from most to least recent and prefer the set whose member is older at the first
+   difference (plain LRU order);
+4. with the eviction set fixed, best fit: place on the fitting GPUs with the least free memory, which
+   maximises the largest free block left on any single GPU (and then the second largest, and so on);
+   ties go to the lowest GPU ids.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeAlias
+
+# Sizes are float GB and float sums drift (0.1 + 0.2 != 0.3). A model counts as fitting when it
+# overshoots the GPU by less than this (about a kilobyte), so configs that add up exactly on paper
+# never fail by rounding, and the slack is far too small to matter to a real allocation.
+EPSILON_GB = 1e-6
+
+# Eviction counts never reach this; it stands for "cannot be covered".
+_NEVER = 1 << 30
+
+
+@dataclass(frozen=True)
+class Gpu:
+    id: int
+    total_gb: float
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A model that holds memory now (starting, ready or stopping)."""
+
+    name: str
+    gpu_ids: tuple[int, ...]
+    vram_gb: float  # per GPU in gpu_ids
+    last_used: float  # larger = more recent
+    evictable: bool  # False when busy, starting, stopping, or pinned
+
+
+@dataclass(frozen=True)
+class Need:
+    """What the model to start asks for; gpu_count 0 or vram_gb 0 means it needs no GPU."""
+
+    name: str
+    vram_gb: float
+    gpu_count: int
+
+
+@dataclass(frozen=True)
+class Place:
+    gpu_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class EvictThenPlace:
+    evict: tuple[str, ...]  # evict in this order (LRU first)
+    gpu_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class NoRoom:
+    """Cannot place now because busy models hold the room; retry when something changes."""
+
+    holders: tuple[str, ...]
+    message: str
+
+
+@dataclass(frozen=True)
+class Impossible:
+    """Can never fit, whatever gets evicted."""
+
+    message: str
+
+
+Decision: TypeAlias = Place | EvictThenPlace | NoRoom | Impossible
+
+
+def used_gb(gpus: Sequence[Gpu], loaded: Sequence[Loaded]) -> dict[int, float]:
+    """Memory held on each GPU of ``gpus``; ids a model names that are not in ``gpus`` are ignored."""
+    used = {gpu.id: 0.0 for gpu in gpus}
+    for model in loaded:
+        for gpu_id in dict.fromkeys(model.gpu_ids):
+            if gpu_id in used:
+                used[gpu_id] += model.vram_gb
+    return used
+
+
+def gpu_memory_utilization(
+    need_vram_gb: float, gpus: Sequence[Gpu], gpu_ids: Sequence[int]
+) -> float:
+    """vLLM's ``--gpu-memory-utilization`` for a model placed on ``gpu_ids``.
+
+    The share of the smallest chosen GPU, rounded down to 2 decimals so the server never takes
+    more than it was planned for, and at most 1.0.
+    """
+    totals = {gpu.id: gpu.total_gb for gpu in gpus}
+    if not gpu_ids:
+        raise ValueError("gpu_memory_utilization needs at least one GPU id")
+    unknown = [gpu_id for gpu_id in gpu_ids if gpu_id not in totals]
+    if unknown:
+        raise ValueError(f"unknown GPU ids: {unknown}")
+    smallest = min(totals[gpu_id] for gpu_id in gpu_ids)
+    if smallest <= 0:
+        raise ValueError("GPU total memory must be positive")
+    # The nudge keeps 24/80 at 0.30: as a float, 0.3 * 100 is 29.999999999999996.
+    percent = math.floor(max(0.0, need_vram_gb) / smallest * 100 + 1e-9)
+    return min(1.0, percent / 100)
+
+
+def _gb(value: float) -> str:
+    return f"{value:g}"
+
+
+def _gpus_word(count: int) -> str:
+    return "1 GPU" if count == 1 else f"{count} GPUs"
+
+
+def _lru_key(model: Loaded) -> tuple[float, str]:
+    """Total order from least to most recently used; names break ties so results are stable."""
+    return (model.last_used, model.name)
+
+
+def _needs_text(need: Need) -> str:
+    if need.gpu_count <= 0 or need.vram_gb <= 0:
+        return f"{need.name} (needs no GPU)"
+    return f"{need.name} (needs {_gb(need.vram_gb)} GB on {_gpus_word(need.gpu_count)})"
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """A GPU need seen from the candidate GPUs (those large enough for it)."""
+
+    need_gb: float
+    count: int
+    free: Mapping[int, float]  # free GB per candidate GPU with every loaded model in place
+    spans: tuple[tuple[int, ...], ...]  # per evictable model (LRU order): its candidate GPUs
+    sizes: tuple[float, ...]  # per evictable model: GB it frees on each of those GPUs
+
+
+def _fewest_evictions(
+    problem: _Problem, forced: frozenset[int], allowed: frozenset[int], limit: int, first: bool
+) -> int | None:
+    """Fewest evictions E, forced <= E <= allowed, after which ``count`` candidate GPUs fit.
+
+    Returns len(E), or None when that is more than ``limit``. With ``first`` it stops at the first
+    E within the limit (a yes/no question). Exact branch and bound:
+
+    * branching: take a GPU g that does not fit yet. Either g is in the final GPU set, and then one
+      more model on g must go: branch on which model is the first one to go in a fixed order
+      (largest first), excluding the ones before it in that subtree; or g is not in the set, and
+      it is banned from the set in that subtree. Every solution stays reachable.
+    * bound: on one GPU the fewest models freeing a deficit is the largest-first greedy count
+      (exact for a single GPU). Every GPU of the final set needs at least its greedy count, so
+      the need is at least the count-th smallest greedy count; and since one evicted model helps
+      at most ``span`` needing GPUs, at least ceil(sum of the count smallest / span). With
+      single-GPU models (span 1) the bound is tight and the search hardly branches.
+    """
+    deficit = {gpu_id: problem.need_gb - free for gpu_id, free in problem.free.items()}
+    for index in forced:
+        for gpu_id in problem.spans[index]:
+            deficit[gpu_id] -= problem.sizes[index]
+    pool = sorted(
+        (index for index in allowed - forced if problem.spans[index]),
+        key=lambda index: (-problem.sizes[index], index),
+    )
+    on_gpu = {gpu_id: [i for i in pool if gpu_id in problem.spans[i]] for gpu_id in deficit}
+    best = limit - len(forced) + 1  # extra evictions of the best solution so far (sentinel)
+
+    def greedy(gpu_id: int, left: float, out: frozenset[int]) -> int:
+        count = 0
+        for index in on_gpu[gpu_id]:
+            if left <= EPSILON_GB:
+                break
+            if index not in out:
+                left -= problem.sizes[index]
+                count += 1
+        return count if left <= EPSILON_GB else _NEVER
+
+    def search(
+        deficit: dict[int, float], depth: int, out: frozenset[int], banned_gpus: frozenset[int]
+    ) -> bool:
+        """``out``: models taken or excluded in this subtree. True stops the whole search."""
+        nonlocal best
+        needing = [gpu_id for gpu_id, left in deficit.items() if left > EPSILON_GB]
+        if len(deficit) - len(needing) >= problem.count:
+            best = depth
+            return first
+        lower = {
+            gpu_id: (_NEVER if gpu_id in banned_gpus else 0)
+            for gpu_id, left in deficit.items()
+            if left <= EPSILON_GB
+        }
+        for gpu_id in needing:
+            lower[gpu_id] = (
+                _NEVER if gpu_id in banned_gpus else greedy(gpu_id, deficit[gpu_id], out)
+            )
+        smallest = sorted(lower.values())[: problem.count]
+        if smallest[-1] >= _NEVER:
+            return False
+        open_gpus = {gpu_id for gpu_id in needing if lower[gpu_id] < _NEVER}
+        span = max(
+            (len(open_gpus.intersection(problem.spans[i])) for i in pool if i not in out),
+            default=1,
+        )
+        bound = max(smallest[-1], math.ceil(sum(smallest) / max(span, 1)))
+        if depth + bound >= best:
+            return False
+        pivot = min(open_gpus, key=lambda gpu_id: (lower[gpu_id], gpu_id))
+        excluded = out
+        for index in on_gpu[pivot]:
+            if index in out:
+                continue
+            after = dict(deficit)
+            for gpu_id in problem.spans[index]:
+                after[gpu_id] -= problem.sizes[index]
+            if search(after, depth + 1, excluded | {index}, banned_gpus):
+                return True
+            excluded = excluded | {index}
+            if depth + 1 >= best:
+                return False
+        return search(deficit, depth, out, banned_gpus | {pivot})
+
+    search(deficit, 0, frozenset(), frozenset())
+    if best > limit - len(forced):
+        return None
+    return len(forced) + best
+
+
+def _best_fit(problem: _Problem, evicted: Sequence[int], gpu_count: int) -> tuple[int, ...]:
+    """The fitting GPUs with the least free memory after ``evicted`` go; lowest ids on ties.
+
+    Taking a GPU with less free memory instead of one with more leaves the larger one whole, so
+    this maximises the largest free block (then the next largest, and so on).
+    """
+    free = dict(problem.free)
+    for index in evicted:
+        for gpu_id in problem.spans[index]:
+            free[gpu_id] += problem.sizes[index]
+    fitting = [gpu_id for gpu_id, left in free.items() if problem.need_gb <= left + EPSILON_GB]
+    # Rounding keeps float noise from overriding the lowest-id tie-break.
+    fitting.sort(key=lambda gpu_id: (round(free[gpu_id], 6), gpu_id))
+    return tuple(sorted(fitting[:gpu_count]))
+
+
+def _names(models: Sequence[Loaded]) -> tuple[str, ...]:
+    return tuple(sorted({model.name for model in models}))
+
+
+def _count_no_room(need: Need, busy: Sequence[Loaded], max_loaded: int) -> NoRoom:
+    holders = _names(busy)
+    return NoRoom(
+        holders,
+        f"no room for {_needs_text(need)}: max_loaded={max_loaded} models are loaded "
+        f"and busy models hold the slots: {', '.join(holders)}",
+    )
+
+
+def plan(
+    gpus: Sequence[Gpu], loaded: Sequence[Loaded], need: Need, max_loaded: int | None
+) -> Decision:
+    """Decide how to make room for ``need``; ``loaded`` must not contain the model asked for."""
+    if max_loaded is not None and max_loaded < 1:
+        return Impossible(f"cannot load {need.name}: max_loaded is {max_loaded}")
+    if need.gpu_count < 0 or need.vram_gb < 0 or math.isnan(need.vram_gb):
+        return Impossible(f"cannot load {need.name}: invalid GPU need {need}")
+    evictable = sorted((model for model in loaded if model.evictable), key=_lru_key)
+    busy = [model for model in loaded if not model.evictable]
+    over = 0 if max_loaded is None else max(0, len(loaded) + 1 - max_loaded)
+
+    if need.gpu_count == 0 or need.vram_gb == 0:
+        if over == 0:
+            return Place(())
+        if over > len(evictable):
+            assert max_loaded is not None
+            return _count_no_room(need, busy, max_loaded)
+        return EvictThenPlace(tuple(model.name for model in evictable[:over]), ())
+
+    if need.gpu_count > len(gpus):
+        return Impossible(
+            f"cannot load {_needs_text(need)}: only {_gpus_word(len(gpus))} configured"
+        )
+    candidates = [gpu for gpu in gpus if need.vram_gb <= gpu.total_gb + EPSILON_GB]
+    if len(candidates) < need.gpu_count:
+        largest = max((gpu.total_gb for gpu in gpus), default=0.0)
+        return Impossible(
+            f"cannot load {_needs_text(need)}: only {len(candidates)} of {_gpus_word(len(gpus))} "
+            f"have that much memory (largest: {_gb(largest)} GB)"
+        )
+
+    used = used_gb(gpus, loaded)
+    candidate_ids = {gpu.id for gpu in candidates}
+    problem = _Problem(
+        need_gb=need.vram_gb,
+        count=need.gpu_count,
+        free={gpu.id: gpu.total_gb - used[gpu.id] for gpu in candidates},
+        spans=tuple(
+            tuple(g for g in dict.fromkeys(model.gpu_ids) if g in candidate_ids)
+            for model in evictable
+        ),
+        sizes=tuple(model.vram_gb for model in evictable),
+    )
+    everyone = frozenset(range(len(evictable)))
+    for_memory = _fewest_evictions(problem, frozenset(), everyone, len(evictable), first=False)
+    if for_memory is None:
+        holders = _names([m for m in busy if candidate_ids.intersection(m.gpu_ids)])
+        return NoRoom(
+            holders,
+            f"no room for {_needs_text(need)}: memory held by busy models {', '.join(holders)}",
+        )
+    total = max(over, for_memory)
+    if total > len(evictable):
+        assert max_loaded is not None
+        return _count_no_room(need, busy, max_loaded)
+    if total == 0:
+        return Place(_best_fit(problem, (), need.gpu_count))
+
+    # Spare models from the most recently used down: drop one from the candidates whenever an
+    # eviction set of the same size still exists without it, otherwise it must go. This yields
+    # the set whose members, compared from most to least recent, are the least recent.
+    # A memory-valid set smaller than `total` can always be padded with any other allowed model
+    # (evicting more never hurts memory), so "exists within the size" is the whole question.
+    forced: frozenset[int] = frozenset()
+    allowed = everyone
+    for index in reversed(range(len(evictable))):
+        without = allowed - {index}
+        if len(without) >= total and (
+            _fewest_evictions(problem, forced, without, total, first=True) is not None
+        ):
+            allowed = without
+        else:
+            forced = forced | {index}
+    chosen = sorted(forced)
+    return EvictThenPlace(
+        tuple(evictable[index].name for index in chosen),
+        _best_fit(problem, chosen, need.gpu_count),
+    )

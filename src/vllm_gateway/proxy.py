@@ -1,0 +1,246 @@
+"""Forwarding one request to a ready backend and streaming the answer back untouched.
+
+Retries happen only when nothing reached the backend (the connection was
+refused): generation is not idempotent, so a request whose body was sent is
+never sent again. ``request_timeout_s`` bounds the wait for the first byte and
+each gap between chunks, never the whole answer, so long generations run on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from .config import RetryConfig
+from .errors import BackendError, BackendTimeout, GatewayError
+from .lifecycle import State
+from .manager import Lease
+from .metrics import Metrics
+from .reqctx import RequestContext
+
+log = logging.getLogger("vllm_gateway.proxy")
+
+# RFC 9110 hop-by-hop headers, plus those aiohttp recomputes for the new connection.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "trailers", "transfer-encoding", "upgrade", "host", "content-length",
+})
+
+
+def forward_headers(headers: CIMultiDictProxy[str], keep_authorization: bool, request_id: str
+                    ) -> CIMultiDict[str]:
+    listed = {h.strip().lower() for h in headers.get("Connection", "").split(",") if h.strip()}
+    out: CIMultiDict[str] = CIMultiDict()
+    for key, value in headers.items():
+        lower = key.lower()
+        if lower in HOP_BY_HOP or lower in listed or lower == "x-request-id":
+            continue
+        if lower == "authorization" and not keep_authorization:
+            continue
+        out.add(key, value)
+    out["X-Request-ID"] = request_id
+    return out
+
+
+def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    listed = {h.strip().lower() for h in headers.get("Connection", "").split(",") if h.strip()}
+    out: CIMultiDict[str] = CIMultiDict()
+    for key, value in headers.items():
+        lower = key.lower()
+        if lower in HOP_BY_HOP or lower in listed or lower in ("content-encoding", "date", "server"):
+            continue
+        out.add(key, value)
+    return out
+
+
+class Proxy:
+    def __init__(self, session: aiohttp.ClientSession, retry: RetryConfig, metrics: Metrics) -> None:
+        self.session = session
+        self.retry = retry
+        self.metrics = metrics
+
+    async def _send(self, lease: Lease, path: str, body: bytes, headers: CIMultiDict[str],
+                    timeout_s: float, ctx: RequestContext) -> aiohttp.ClientResponse:
+        delay = self.retry.delay_s
+        attempt = 0
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(timeout_s, 30.0) or None,
+                                        sock_read=timeout_s or None)
+        while True:
+            url = lease.base_url + path
+            try:
+                return await self.session.post(url, data=body, headers=headers, timeout=timeout,
+                                               auto_decompress=False)
+            except aiohttp.ClientConnectorError as exc:
+                # Nothing reached the backend, so sending again cannot run it twice.
+                if attempt >= self.retry.max_retries or lease.instance.state is not State.READY:
+                    raise BackendError(f"model {lease.instance.name}: cannot connect to the backend "
+                                       f"({exc.os_error or exc}) after {attempt + 1} attempt(s)") from exc
+                attempt += 1
+                self.metrics.retries.labels(lease.instance.name).inc()
+                log.warning("request %s to %s: connection refused, retry %d of %d in %.2f s",
+                            ctx.request_id, lease.instance.name, attempt, self.retry.max_retries, delay)
+                await asyncio.sleep(delay)
+                delay *= self.retry.backoff
+            except asyncio.TimeoutError as exc:
+                raise BackendTimeout(f"model {lease.instance.name} sent no answer within "
+                                     f"{timeout_s:g} s") from exc
+            except aiohttp.ClientError as exc:
+                raise BackendError(f"model {lease.instance.name}: the backend failed before "
+                                   f"answering ({type(exc).__name__}: {exc})") from exc
+
+    async def forward(self, request: web.Request, sink: ResponseSink, lease: Lease, path: str,
+                      body: bytes, ctx: RequestContext) -> None:
+        cfg = lease.instance.cfg
+        headers = forward_headers(request.headers, cfg.forward_authorization, ctx.request_id)
+        upstream = await self._send(lease, path, body, headers, cfg.request_timeout_s, ctx)
+        try:
+            chunks = upstream.content.iter_any()
+            try:
+                first = await chunks.__anext__()
+            except StopAsyncIteration:
+                first = b""
+            except asyncio.TimeoutError as exc:
+                raise BackendTimeout(f"model {cfg.name} sent no answer within "
+                                     f"{cfg.request_timeout_s:g} s") from exc
+            except aiohttp.ClientError as exc:
+                raise BackendError(f"model {cfg.name}: the backend failed mid-answer ({exc})") from exc
+            ctx.mark_first_byte()
+            is_stream = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
+            await sink.start(upstream.status, response_headers(upstream.headers),
+                             None if is_stream else upstream.content_length)
+            counter = UsageCounter(self.metrics, cfg.name)
+            counter.feed(first, is_stream)
+            await sink.write(first)
+            try:
+                async for chunk in chunks:
+                    counter.feed(chunk, is_stream)
+                    await sink.write(chunk)
+            except asyncio.TimeoutError:
+                ctx.error = "stream stalled"
+                await sink.abort(BackendTimeout(f"model {cfg.name} sent nothing for "
+                                                f"{cfg.request_timeout_s:g} s mid-answer"))
+                return
+            except aiohttp.ClientError as exc:
+                ctx.error = "backend died mid-answer"
+                await sink.abort(BackendError(f"model {cfg.name}: the backend failed mid-answer "
+                                              f"({type(exc).__name__})"))
+                return
+            counter.finish(is_stream)
+            await sink.finish()
+        finally:
+            # Closing (not releasing) drops the upstream connection at once when the client
+            # went away mid-stream, so the backend sees the disconnect and stops generating.
+            upstream.close()
+
+
+class ResponseSink:
+    """The client's response: prepared late (after the first upstream byte) or early
+    (to send SSE loading comments while a model starts), and knows which it is."""
+
+    def __init__(self, request: web.Request, ctx: RequestContext) -> None:
+        self.request = request
+        self.ctx = ctx
+        self.response: web.StreamResponse | None = None
+        self.sse_early = False
+
+    @property
+    def prepared(self) -> bool:
+        return self.response is not None
+
+    async def start_sse_early(self) -> None:
+        response = web.StreamResponse(status=200, headers={
+            "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+            "X-Request-ID": self.ctx.request_id})
+        await response.prepare(self.request)
+        self.response, self.sse_early = response, True
+        self.ctx.status = 200
+
+    async def comment(self, text: str) -> None:
+        if self.response is None:
+            await self.start_sse_early()
+        assert self.response is not None
+        await self.response.write(f": {text}\n\n".encode())
+
+    async def start(self, status: int, headers: CIMultiDict[str], length: int | None) -> None:
+        if self.response is not None:
+            if status >= 400:
+                self.ctx.status = status
+            return  # the early SSE response already carries status 200
+        headers["X-Request-ID"] = self.ctx.request_id
+        response = web.StreamResponse(status=status, headers=headers)
+        if length is not None:
+            response.content_length = length
+        await response.prepare(self.request)
+        self.response = response
+        self.ctx.status = status
+
+    async def write(self, data: bytes) -> None:
+        if data:
+            assert self.response is not None
+            await self.response.write(data)
+            self.ctx.bytes_out += len(data)
+
+    async def finish(self) -> None:
+        if self.response is not None:
+            await self.response.write_eof()
+
+    async def abort(self, error: GatewayError) -> None:
+        """An error after the status line went out: tell an SSE client in-band, then close."""
+        self.ctx.error = self.ctx.error or error.message
+        if self.response is None:
+            raise error
+        if self.response.content_type == "text/event-stream" or self.sse_early:
+            payload = dict(error.body())
+            payload["error"]["status"] = error.status
+            await self.response.write(f"data: {json.dumps(payload)}\n\n".encode())
+            if self.ctx.status < 400:
+                self.ctx.status = error.status
+        await self.response.write_eof()
+        if self.request.transport is not None:
+            self.request.transport.close()
+
+
+class UsageCounter:
+    """Counts tokens from the backend's ``usage`` without parsing every chunk."""
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self.metrics, self.model = metrics, model
+        self.buffer = bytearray()
+        self.tail = b""
+
+    def feed(self, chunk: bytes, is_stream: bool) -> None:
+        if is_stream:
+            self.tail = (self.tail + chunk)[-4096:] if b'"usage"' in chunk or self.tail else b""
+        elif len(self.buffer) < (1 << 20):
+            self.buffer += chunk
+
+    def finish(self, is_stream: bool) -> None:
+        usage = self._usage(self.tail if is_stream else bytes(self.buffer), is_stream)
+        if usage:
+            for kind in ("prompt_tokens", "completion_tokens"):
+                value = usage.get(kind)
+                if isinstance(value, int) and value >= 0:
+                    self.metrics.tokens.labels(self.model, kind.split("_")[0]).inc(value)
+
+    @staticmethod
+    def _usage(data: bytes, is_stream: bool) -> dict[str, object] | None:
+        candidates: list[bytes] = []
+        if is_stream:
+            candidates = [line[5:] for line in data.split(b"\n") if line.startswith(b"data:")
+                          and b'"usage"' in line]
+        elif data:
+            candidates = [data]
+        for raw in reversed(candidates):
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(doc, dict) and isinstance(doc.get("usage"), dict):
+                usage: dict[str, object] = doc["usage"]
+                return usage
+        return None
+

@@ -1,0 +1,55 @@
+"""What one request did, for its log line and its metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+log = logging.getLogger("vllm_gateway.access")
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class RequestContext:
+    request_id: str
+    method: str
+    path: str
+    model: str = "-"
+    status: int = 0
+    started: float = field(default_factory=time.monotonic)
+    queue_wait_s: float | None = None
+    ttfb_s: float | None = None
+    bytes_out: int = 0
+    error: str | None = None
+
+    def mark_slot(self) -> None:
+        self.queue_wait_s = time.monotonic() - self.started
+
+    def mark_first_byte(self) -> None:
+        if self.ttfb_s is None:
+            self.ttfb_s = time.monotonic() - self.started
+
+    def duration_s(self) -> float:
+        return time.monotonic() - self.started
+
+    def log_line(self) -> None:
+        def ms(value: float | None) -> str:
+            return "-" if value is None else f"{value * 1000:.1f}ms"
+
+        duration = self.duration_s()
+        extra = {
+            "request_id": self.request_id, "model": self.model, "status": self.status,
+            "method": self.method, "path": self.path,
+            "queue_wait_ms": None if self.queue_wait_s is None else round(self.queue_wait_s * 1000, 2),
+            "ttfb_ms": None if self.ttfb_s is None else round(self.ttfb_s * 1000, 2),
+            "duration_ms": round(duration * 1000, 2), "bytes": self.bytes_out, "error": self.error,
+        }
+        log.info("%s %s %s model=%s status=%d queue=%s ttfb=%s duration=%s bytes=%d%s",
+                 self.request_id, self.method, self.path, self.model, self.status,
+                 ms(self.queue_wait_s), ms(self.ttfb_s), ms(duration), self.bytes_out,
+                 f" error={self.error!r}" if self.error else "", extra=extra)

@@ -1,0 +1,42 @@
+"""Running a gateway until SIGTERM or Ctrl-C, with the shutdown order written down once:
+stop accepting, let in-flight requests finish up to ``server.shutdown_timeout_s``, cancel
+the rest with a clear error, then stop every model server and wait for its processes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from aiohttp import web
+
+from .app import create_app
+from .config import GatewayConfig
+
+log = logging.getLogger("vllm_gateway")
+
+
+async def run_gateway(config: GatewayConfig, *, banner: str | None = None, nvml: Any = None) -> None:
+    app = create_app(config, nvml=nvml)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                           handler_cancellation=True,
+                           shutdown_timeout=config.server.shutdown_timeout_s)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
+        await site.start()
+        log.info("listening on http://%s:%d", config.server.host, config.server.port)
+        if banner:
+            print(banner, flush=True)
+        await stop.wait()
+        log.info("shutting down: draining requests for up to %g s", config.server.shutdown_timeout_s)
+    finally:
+        await runner.cleanup()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
