@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import yaml
 
@@ -76,6 +76,16 @@ def _command_version(argv: Sequence[str]) -> str:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"unknown ({exc})"
     return (done.stdout + done.stderr).strip().splitlines()[-1] if done.returncode == 0 else "?"
+
+
+class Peer(Protocol):
+    name: str
+
+    def missing(self, repo_root: Path) -> str | None:
+        """Why this peer cannot run here (not installed), or None."""
+
+    def start(self, ctx: Context) -> Endpoint:
+        """Start the peer in front of the upstream; returns once it answers."""
 
 
 class Direct:
@@ -269,4 +279,4 @@ class LiteLLM:
         return Endpoint(self.name, base, version, child, headers)
 
 
-PEERS = {peer.name: peer for peer in (Direct(), Nginx(), Gateway(), LiteLLM())}
+PEERS: dict[str, Peer] = {peer.name: peer for peer in (Direct(), Nginx(), Gateway(), LiteLLM())}

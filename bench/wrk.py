@@ -63,7 +63,7 @@ def _lua_string(text: str) -> str:
 
 def write_script(path: Path, body: bytes, headers: Mapping[str, str]) -> Path:
     lines = [
-        f"wrk.headers[{_lua_string(key)}] = {_lua_string(value)}" for key, value in headers.items()
+        f"wrk.headers[ {_lua_string(key)} ] = {_lua_string(value)}" for key, value in headers.items()
     ]
     path.write_text(_LUA.format(body=_lua_string(body.decode()), headers="\n".join(lines)))
     return path

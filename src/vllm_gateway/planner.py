@@ -188,6 +188,21 @@ def _fewest_evictions(
                 count += 1
         return count if left <= EPSILON_GB else _NEVER
 
+    def shared_cost(gpu_id: int, left: float, out: frozenset[int], reach: dict[int, int]) -> float:
+        """Least fractional cost of freeing ``left`` on the GPU when a model costs 1/reach."""
+        cost = 0.0
+        items = sorted(
+            (i for i in on_gpu[gpu_id] if i not in out),
+            key=lambda i: -problem.sizes[i] * reach[i],
+        )
+        for index in items:
+            if left <= EPSILON_GB:
+                break
+            part = min(1.0, left / problem.sizes[index])
+            cost += part / reach[index]
+            left -= part * problem.sizes[index]
+        return cost
+
     def search(
         deficit: dict[int, float], depth: int, out: frozenset[int], banned_gpus: frozenset[int]
     ) -> bool:
@@ -206,28 +221,31 @@ def _fewest_evictions(
             lower[gpu_id] = (
                 _NEVER if gpu_id in banned_gpus else greedy(gpu_id, deficit[gpu_id], out)
             )
-        smallest = sorted(lower.values())[: problem.count]
-        if smallest[-1] >= _NEVER:
+        ranked = sorted(lower, key=lambda gpu_id: lower[gpu_id])[: problem.count]
+        if lower[ranked[-1]] >= _NEVER or depth + lower[ranked[-1]] >= best:
             return False
         open_gpus = {gpu_id for gpu_id in needing if lower[gpu_id] < _NEVER}
-        span = max(
-            (len(open_gpus.intersection(problem.spans[i])) for i in pool if i not in out),
-            default=1,
+        reach = {
+            i: len(open_gpus.intersection(problem.spans[i])) or 1 for i in pool if i not in out
+        }
+        costs = sorted(
+            shared_cost(gpu_id, deficit[gpu_id], out, reach) if gpu_id in open_gpus else 0.0
+            for gpu_id in lower
+            if lower[gpu_id] < _NEVER
         )
-        bound = max(smallest[-1], math.ceil(sum(smallest) / max(span, 1)))
-        if depth + bound >= best:
+        if depth + math.ceil(sum(costs[: problem.count]) - 1e-9) >= best:
             return False
         pivot = min(open_gpus, key=lambda gpu_id: (lower[gpu_id], gpu_id))
-        excluded = out
+        excluded: list[int] = []
         for index in on_gpu[pivot]:
-            if index in out:
+            if index in out or any(_dominates(problem, j, index, open_gpus) for j in excluded):
                 continue
             after = dict(deficit)
             for gpu_id in problem.spans[index]:
                 after[gpu_id] -= problem.sizes[index]
-            if search(after, depth + 1, excluded | {index}, banned_gpus):
+            if search(after, depth + 1, out.union(excluded, (index,)), banned_gpus):
                 return True
-            excluded = excluded | {index}
+            excluded.append(index)
             if depth + 1 >= best:
                 return False
         return search(deficit, depth, out, banned_gpus | {pivot})
@@ -236,6 +254,17 @@ def _fewest_evictions(
     if best > limit - len(forced):
         return None
     return len(forced) + best
+
+
+def _dominates(problem: _Problem, big: int, small: int, usable: set[int]) -> bool:
+    """Whether evicting ``big`` frees at least what ``small`` frees on every usable GPU.
+
+    Then a solution evicting ``small`` but not ``big`` can swap them at the same count, so the
+    search never needs to branch on ``small`` once ``big`` was tried.
+    """
+    return problem.sizes[big] >= problem.sizes[small] and usable.intersection(
+        problem.spans[small]
+    ) <= set(problem.spans[big])
 
 
 def _best_fit(problem: _Problem, evicted: Sequence[int], gpu_count: int) -> tuple[int, ...]:

@@ -29,13 +29,13 @@ START_DEADLINE_S = 30.0
 UI_TIMEOUT_MS = 30_000
 
 
-def fake_model(vram_gb: float, **extra: Any) -> dict[str, Any]:
+def fake_model(vram_gb: float, *fake_args: str, **settings: Any) -> dict[str, Any]:
     command = [
         sys.executable, "-m", "vllm_gateway.fake_backend", "--port", "{port}",
-        "--served-model-name", "{name}", "--startup-delay", "1",
+        "--served-model-name", "{name}", "--startup-delay", "1", *fake_args,
     ]
     return {"command": command, "vram_gb": vram_gb, "startup_timeout_s": 60,
-            "idle_timeout_s": 600, **extra}
+            "idle_timeout_s": 600, **settings}
 
 
 def write_config(path: Path) -> None:
@@ -43,8 +43,10 @@ def write_config(path: Path) -> None:
         "gpus": [{"id": 0, "vram_gb": 24}, {"id": 1, "vram_gb": 24}],
         "models": {
             "chat-small": fake_model(8, aliases=["small"]),
-            "coder-7b": fake_model(16, max_concurrent=8),
+            # Slow tokens keep requests in flight long enough to be seen on the page.
+            "coder-7b": fake_model(18, "--token-delay", "0.25", max_concurrent=16),
             "embed": fake_model(4),
+            "vision-11b": fake_model(12, "--fail-start"),
         },
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -121,41 +123,67 @@ async def test_dashboard_follows_load_and_unload(
     await expect(page.locator("#live")).to_have_attribute("data-live", "live")
 
     async with httpx.AsyncClient(base_url=gateway, timeout=60) as client:
-        chat = asyncio.create_task(client.post("/v1/chat/completions", json={
-            "model": "chat-small", "max_tokens": 8,
-            "messages": [{"role": "user", "content": "Hello"}],
-        }))
+        chat = asyncio.create_task(client.post("/v1/chat/completions", json=chat_body("chat-small")))
         await expect(state).to_have_text("ready", timeout=UI_TIMEOUT_MS)
         answer = await chat
         assert answer.status_code == 200, answer.text
         assert answer.json()["choices"][0]["message"]["content"]
-        # A second model, loaded through the admin endpoint, fills the picture for the screenshot.
+        await expect(row.locator('[data-field="last_used"]')).to_have_text(
+            re.compile(r"^(just now|\d+ s ago)$")
+        )
+        await expect(row.locator('[data-field="start"]')).to_have_text(
+            re.compile(r"^took \d+\.\d s$")
+        )
+        await expect(row.locator('[data-field="gpus"]')).to_have_text(re.compile(r"^GPU \d$"))
+        await expect(row.locator('button[data-action="load"]')).to_be_disabled()
+        await expect(
+            page.locator('#events .event[data-model="chat-small"][data-kind="ready"]')
+        ).to_have_count(1)
+
+        # Busy and broken neighbours, as a real deployment has them.
+        coder = page.locator('tr[data-model="coder-7b"]')
+        vision = page.locator('tr[data-model="vision-11b"]')
+        broken = asyncio.create_task(client.post("/gateway/models/vision-11b/load"))
         loaded = await client.post("/gateway/models/coder-7b/load")
         assert loaded.status_code == 200, loaded.text
+        busy = [
+            asyncio.create_task(client.post("/v1/chat/completions", json=chat_body("coder-7b", 24)))
+            for _ in range(12)
+        ]
+        await expect(coder.locator('[data-field="in_flight"]')).to_have_text(
+            "12 / 16", timeout=UI_TIMEOUT_MS
+        )
+        await expect(coder.locator('[data-field="kv"]')).to_have_text(
+            re.compile(r"^\d+ %$"), timeout=UI_TIMEOUT_MS
+        )
+        await broken
+        await expect(vision.locator('[data-field="state"]')).to_have_text(
+            "failed", timeout=UI_TIMEOUT_MS
+        )
+        await expect(page.locator('tr[data-error-for="vision-11b"]')).to_contain_text(
+            "exited with code 1"
+        )
+        await expect(page.locator('[data-gpu] [data-field="used"]')).to_have_text(
+            ["8 / 24 GB placed", "18 / 24 GB placed"]
+        )
+        shot = save_screenshot_path("dashboard.png")
+        await page.screenshot(path=str(shot))
+        publish_to_docs(shot)
 
-    coder_state = page.locator('tr[data-model="coder-7b"] [data-field="state"]')
-    await expect(coder_state).to_have_text("ready", timeout=UI_TIMEOUT_MS)
-    await expect(row.locator('[data-field="last_used"]')).to_have_text(
-        re.compile(r"^(just now|\d+ s ago)$")
-    )
-    await expect(row.locator('[data-field="start"]')).to_have_text(re.compile(r"^took \d+\.\d s$"))
-    await expect(row.locator('[data-field="gpus"]')).to_have_text(re.compile(r"^GPU \d$"))
-    await expect(row.locator('button[data-action="load"]')).to_be_disabled()
-    placed = page.locator('[data-gpu] [data-field="used"]')
-    await expect(placed).to_have_text([re.compile(r"GB placed$")] * 2)
-    await expect(
-        page.locator('#events .event[data-model="chat-small"][data-kind="ready"]')
-    ).to_have_count(1)
-    shot = save_screenshot_path("dashboard.png")
-    await page.screenshot(path=str(shot))
-    publish_to_docs(shot)
-
-    await row.locator('button[data-action="unload"]').click()
-    await expect(state).to_have_text("stopped", timeout=UI_TIMEOUT_MS)
-    await expect(row.locator('button[data-action="load"]')).to_be_enabled()
-    await expect(row.locator('[data-field="gpus"]')).to_have_text("—")
-    await expect(
-        page.locator('#events .event[data-model="chat-small"][data-kind="stopped"]')
-    ).to_have_count(1)
+        await row.locator('button[data-action="unload"]').click()
+        await expect(state).to_have_text("stopped", timeout=UI_TIMEOUT_MS)
+        await expect(row.locator('button[data-action="load"]')).to_be_enabled()
+        await expect(row.locator('[data-field="gpus"]')).to_have_text("—")
+        await expect(
+            page.locator('#events .event[data-model="chat-small"][data-kind="stopped"]')
+        ).to_have_count(1)
+        for done in await asyncio.gather(*busy):
+            assert done.status_code == 200, done.text
+    await expect(coder.locator('[data-field="in_flight"]')).to_have_text("0 / 16")
     await page.screenshot(path=str(save_screenshot_path("dashboard-after-unload.png")))
     assert errors == []
+
+
+def chat_body(model: str, max_tokens: int = 8) -> dict[str, Any]:
+    return {"model": model, "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": "Hello"}]}
