@@ -16,9 +16,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 import yaml
 
@@ -95,7 +96,7 @@ class Direct:
         return None
 
     def start(self, ctx: Context) -> Endpoint:
-        return Endpoint(self.name, f"http://{LOOPBACK}:{ctx.upstream_port}", "-")
+        return Endpoint(self.name, f"http://{LOOPBACK}:{ctx.upstream_port}", "")
 
 
 _NGINX_CONF = """\

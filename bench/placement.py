@@ -36,7 +36,9 @@ def plan(cpus: list[int]) -> Placement:
     proxy = (cpus[0],)
     if len(cpus) == 2:
         rest = (cpus[1],)
-        return Placement(proxy, rest, rest, "proxy alone on one CPU; upstream and load share the other")
+        return Placement(
+            proxy, rest, rest, "proxy alone on one CPU; upstream and load share the other"
+        )
     return Placement(
         proxy, (cpus[1],), tuple(cpus[2:]), "proxy, upstream and load generators on separate CPUs"
     )

@@ -15,10 +15,11 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Mapping, Sequence
+from typing import Self
 
 import psutil
 
@@ -80,7 +81,7 @@ class Processes:
         self._log_dir = log_dir
         self._children: list[Child] = []
 
-    def __enter__(self) -> Processes:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -224,7 +225,7 @@ class RssSampler:
             if self._active.is_set():
                 self._peak = max(self._peak, tree_rss_bytes(self._pid))
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> Self:
         self._peak = tree_rss_bytes(self._pid)
         self._active.set()
         self._thread.start()

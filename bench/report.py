@@ -6,8 +6,9 @@ them into text and a JSON-ready dict, so it is tested without running anything.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Mapping
+from typing import Literal
 
 Figures = dict[str, float | None]
 Verdict = Literal["PASS", "FAIL", "n/a"]
@@ -114,22 +115,46 @@ def _ratio_at_least(
 
 
 TARGETS = (
-    Target("cpu_per_request", "gateway CPU per request <= 0.25 ms",
-           _at_most("gateway", "cpu_s_per_1k_req", 0.25)),
-    Target("cpu_per_stream", "gateway CPU per 64-token stream <= 2 ms",
-           _at_most("gateway", "cpu_ms_per_stream", 2.0)),
-    Target("rps_vs_litellm", "gateway req/s at 64 conc >= 30x LiteLLM",
-           _ratio_at_least("rps_c64", "litellm", 30.0)),
-    Target("rps_vs_nginx", "gateway req/s at 64 conc >= 0.5x nginx",
-           _ratio_at_least("rps_c64", "nginx", 0.5)),
-    Target("added_latency", "gateway p50 added latency at 1 conc < 0.5 ms",
-           _below("gateway", "added_p50_ms_c1", 0.5)),
-    Target("stream_vs_nginx", "gateway streaming tokens/s >= 0.8x nginx",
-           _ratio_at_least("tok_s_c32", "nginx", 0.8)),
-    Target("swap_overhead", "gateway swap detection overhead < 100 ms",
-           _below("gateway", "swap_overhead_ms", 100.0)),
-    Target("rss", "gateway RSS < 100 MB with 10 configured models",
-           _below("gateway", "rss_peak_mb", 100.0)),
+    Target(
+        "cpu_per_request",
+        "gateway CPU per request <= 0.25 ms",
+        _at_most("gateway", "cpu_s_per_1k_req", 0.25),
+    ),
+    Target(
+        "cpu_per_stream",
+        "gateway CPU per 64-token stream <= 2 ms",
+        _at_most("gateway", "cpu_ms_per_stream", 2.0),
+    ),
+    Target(
+        "rps_vs_litellm",
+        "gateway req/s at 64 conc >= 30x LiteLLM",
+        _ratio_at_least("rps_c64", "litellm", 30.0),
+    ),
+    Target(
+        "rps_vs_nginx",
+        "gateway req/s at 64 conc >= 0.5x nginx",
+        _ratio_at_least("rps_c64", "nginx", 0.5),
+    ),
+    Target(
+        "added_latency",
+        "gateway p50 added latency at 1 conc < 0.5 ms",
+        _below("gateway", "added_p50_ms_c1", 0.5),
+    ),
+    Target(
+        "stream_vs_nginx",
+        "gateway streaming tokens/s >= 0.8x nginx",
+        _ratio_at_least("tok_s_c32", "nginx", 0.8),
+    ),
+    Target(
+        "swap_overhead",
+        "gateway swap detection overhead < 100 ms",
+        _below("gateway", "swap_overhead_ms", 100.0),
+    ),
+    Target(
+        "rss",
+        "gateway RSS < 100 MB with 10 configured models",
+        _below("gateway", "rss_peak_mb", 100.0),
+    ),
 )
 
 
@@ -139,8 +164,9 @@ def evaluate_targets(results: Mapping[str, PeerResult]) -> list[dict[str, object
     for target in TARGETS:
         value, met = target.check(figs)
         verdict: Verdict = "n/a" if met is None else ("PASS" if met else "FAIL")
-        rows.append({"name": target.name, "target": target.text, "value": value,
-                     "verdict": verdict})
+        rows.append(
+            {"name": target.name, "target": target.text, "value": value, "verdict": verdict}
+        )
     return rows
 
 
@@ -178,8 +204,11 @@ def render_table(results: Mapping[str, PeerResult]) -> str:
             cells = [fmt_ratio(table[name].get(metric.key)) for name in names]
             if any(cells):
                 lines.append(f"{label:<36}" + "".join(f"{cell:>{width}}" for cell in cells))
-    notes = [f"{name}: {results[name].status}: {results[name].note}"
-             for name in names if results[name].note]
+    notes = [
+        f"{name}: {results[name].status}: {results[name].note}"
+        for name in names
+        if results[name].note
+    ]
     return "\n".join(lines + ([""] + notes if notes else []))
 
 

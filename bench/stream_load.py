@@ -11,14 +11,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
+from pathlib import Path
 
 import aiohttp
 
+from .procs import pinned
 from .stats import percentile
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -43,7 +49,9 @@ def chunk_tokens(line: bytes) -> int | None:
     if payload == b"[DONE]":
         return None
     chunk = json.loads(payload)
-    return sum(1 for choice in chunk.get("choices", ()) if (choice.get("delta") or {}).get("content"))
+    return sum(
+        1 for choice in chunk.get("choices", ()) if (choice.get("delta") or {}).get("content")
+    )
 
 
 async def one_stream(
@@ -85,7 +93,7 @@ async def worker(
     while time.perf_counter() < deadline:
         try:
             await one_stream(session, url, body, headers, tally)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             tally.fail(f"{type(exc).__name__}: {exc}")
 
 
@@ -127,6 +135,36 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "ttft_p50_ms": percentile(ttft_ms, 50),
         "ttft_p99_ms": percentile(ttft_ms, 99),
     }
+
+
+def run_process(
+    url: str,
+    model: str,
+    *,
+    concurrency: int,
+    duration_s: float,
+    max_tokens: int,
+    headers: Mapping[str, str],
+    cpus: Sequence[int] | None,
+) -> dict[str, object]:
+    """Run this module as its own process on ``cpus``; its JSON summary."""
+    argv = [sys.executable, "-m", "bench.stream_load", "--url", url, "--model", model]
+    argv += ["--concurrency", str(concurrency), "--duration", str(duration_s)]
+    argv += ["--max-tokens", str(max_tokens)]
+    for key, value in headers.items():
+        argv += ["--header", f"{key}: {value}"]
+    done = subprocess.run(
+        pinned(argv, cpus),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        timeout=duration_s + 120,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"stream load generator failed: {done.stderr.strip()[-2000:]}")
+    summary: dict[str, object] = json.loads(done.stdout)
+    return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:

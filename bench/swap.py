@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import aiohttp
 import psutil
@@ -99,11 +99,13 @@ def _backends_under(pid: int) -> list[psutil.Process]:
 async def _unload(endpoint: Endpoint) -> None:
     url = f"{endpoint.base_url}/gateway/models/{SWAP_MODEL}/unload"
     timeout = aiohttp.ClientTimeout(total=STOP_TIMEOUT_S)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        async with session.post(url, headers=endpoint.headers) as resp:
-            # 404/409 may mean "not running" on a gateway that says so; anything else is a bug.
-            if resp.status >= 300 and resp.status not in (404, 409):
-                raise RuntimeError(f"unload answered HTTP {resp.status}: {await resp.text()}")
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.post(url, headers=endpoint.headers) as resp,
+    ):
+        # 404/409 may mean "not running" on a gateway that says so; anything else is a bug.
+        if resp.status >= 300 and resp.status not in (404, 409):
+            raise RuntimeError(f"unload answered HTTP {resp.status}: {await resp.text()}")
 
 
 def wait_stopped(pid: int, timeout_s: float) -> None:

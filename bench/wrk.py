@@ -11,9 +11,9 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from .procs import pinned
 
@@ -63,7 +63,8 @@ def _lua_string(text: str) -> str:
 
 def write_script(path: Path, body: bytes, headers: Mapping[str, str]) -> Path:
     lines = [
-        f"wrk.headers[ {_lua_string(key)} ] = {_lua_string(value)}" for key, value in headers.items()
+        f"wrk.headers[ {_lua_string(key)} ] = {_lua_string(value)}"
+        for key, value in headers.items()
     ]
     path.write_text(_LUA.format(body=_lua_string(body.decode()), headers="\n".join(lines)))
     return path

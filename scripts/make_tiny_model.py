@@ -85,7 +85,7 @@ def training_corpus(rng: random.Random) -> list[str]:
     """Pseudo-English sentences: enough distinct words for 1000 BPE tokens."""
     syllables = [c + v for c in "bcdfghklmnprstvwz" for v in ("a", "e", "i", "o", "u", "ai", "ou")]
     words = ["".join(rng.choices(syllables, k=rng.randint(1, 4))) for _ in range(3000)]
-    words += "the a of to and is in it you that he was for on are with as I".split()
+    words += ["the", "a", "of", "to", "and", "is", "in", "it", "you", "that", "he", "was", "for", "on", "are", "with", "as", "I"]
     sentences = []
     for _ in range(4000):
         sentence = " ".join(rng.choices(words, k=rng.randint(4, 14)))

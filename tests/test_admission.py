@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from contextlib import AbstractAsyncContextManager
+from typing import TypeVar
 
 import pytest
 
@@ -17,6 +19,7 @@ from vllm_gateway.admission import (
 )
 
 Admission = AbstractAsyncContextManager[Ticket]
+T = TypeVar("T")
 
 
 class FakeClock:
@@ -45,6 +48,11 @@ def activate_now(ticket: Ticket) -> None:
         return
     coro.close()
     raise AssertionError("activate() suspended")
+
+
+async def within(awaitable: Awaitable[T]) -> T:
+    """Await with a generous bound, so a lost wake-up fails the test instead of hanging it."""
+    return await asyncio.wait_for(awaitable, 10)
 
 
 async def settle(turns: int = 5) -> None:
@@ -170,7 +178,7 @@ async def test_waiters_get_slots_in_arrival_order_and_newcomers_queue_behind() -
     go.append(asyncio.Event())
     go[5].set()
     tasks.append(asyncio.create_task(user(5)))
-    await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    await within(asyncio.gather(*tasks))
     assert order == [*arrival, 5]
     assert limiter.idle
 
@@ -190,7 +198,7 @@ async def test_twelve_tasks_never_exceed_two_slots() -> None:
                 await asyncio.sleep(0)
             current -= 1
 
-    await asyncio.wait_for(asyncio.gather(*(user(i) for i in range(12))), 10)
+    await within(asyncio.gather(*(user(i) for i in range(12))))
     assert peak == 2
     assert limiter.idle
 
@@ -232,7 +240,7 @@ async def test_cancellation_releases(where: str) -> None:
     await settle()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await task
+        await within(task)
     if where != "backend":
         assert (limiter.in_flight, limiter.queued) == (1, 0)
         await leave(holder_cm)
@@ -259,7 +267,7 @@ async def test_slot_handed_over_as_the_waiter_is_cancelled_is_not_lost() -> None
     assert (limiter.in_flight, limiter.queued) == (1, 0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await task
+        await within(task)
     assert tickets[0].state is TicketState.DONE
     assert limiter.idle
     assert_fully_available(limiter)
@@ -286,10 +294,35 @@ async def test_waiter_cancelled_before_hand_over_is_skipped() -> None:
     assert tickets["second"].state is TicketState.ACTIVE
     assert (limiter.in_flight, limiter.queued) == (1, 1)
     with pytest.raises(asyncio.CancelledError):
-        await first
-    await second
+        await within(first)
+    await within(second)
     assert limiter.idle
     assert_fully_available(limiter)
+
+
+async def test_waiter_that_gave_up_and_retries_goes_to_the_back() -> None:
+    limiter = Limiter("m", max_concurrent=1, max_queue=2)
+    holder_cm, holder = await enter(limiter)
+    activate_now(holder)
+    first_cm, first = await enter(limiter)
+    second_cm, second = await enter(limiter)
+    first_try = asyncio.create_task(first.activate())
+    await settle()
+    second_wait = asyncio.create_task(second.activate())
+    await settle()
+    first_try.cancel()  # e.g. the handler's own timeout around activate()
+    await settle()
+    assert first_try.cancelled() and first.state is TicketState.WAITING
+    first_retry = asyncio.create_task(first.activate())
+    await settle()
+    await leave(holder_cm)
+    assert (first.state, second.state) == (TicketState.WAITING, TicketState.ACTIVE)
+    await within(second_wait)
+    await leave(second_cm)
+    await within(first_retry)
+    assert first.state is TicketState.ACTIVE
+    await leave(first_cm)
+    assert limiter.idle
 
 
 # --- ticket misuse ---------------------------------------------------------------------------
@@ -321,7 +354,7 @@ async def test_release_while_another_task_waits_in_activate() -> None:
         await ticket.activate()
     await leave(cm)
     with pytest.raises(RuntimeError):
-        await waiting
+        await within(waiting)
     assert (limiter.in_flight, limiter.queued) == (1, 0)
     await leave(holder_cm)
     assert_fully_available(limiter)
@@ -334,7 +367,7 @@ async def test_wait_idle_and_last_idle_at() -> None:
     clock = FakeClock(10.0)
     limiter = Limiter("m", max_concurrent=2, max_queue=2, clock=clock)
     assert limiter.idle and limiter.last_idle_at is None
-    await asyncio.wait_for(limiter.wait_idle(), 1)
+    await within(limiter.wait_idle())
     first_cm, first = await enter(limiter)
     activate_now(first)
     queued_cm, _ = await enter(limiter)
@@ -345,7 +378,7 @@ async def test_wait_idle_and_last_idle_at() -> None:
     assert not idle_task.done() and limiter.last_idle_at is None
     clock.now = 20.0
     await leave(queued_cm)  # a request that never got a slot (model failed to start)
-    await asyncio.wait_for(idle_task, 5)
+    await within(idle_task)
     assert limiter.idle and limiter.last_idle_at == 20.0
     clock.now = 30.0
     async with limiter.admit() as ticket:
@@ -394,9 +427,7 @@ async def test_retry_after_is_clamped(held_s: float, expected: int) -> None:
 
 async def test_on_change_sees_every_consistent_step(caplog: pytest.LogCaptureFixture) -> None:
     seen: list[tuple[int, int]] = []
-    limiter = Limiter(
-        "m", 1, 1, on_change=lambda lim: seen.append((lim.in_flight, lim.queued))
-    )
+    limiter = Limiter("m", 1, 1, on_change=lambda lim: seen.append((lim.in_flight, lim.queued)))
     first_cm, first = await enter(limiter)
     activate_now(first)
     second_cm, second = await enter(limiter)
@@ -405,7 +436,7 @@ async def test_on_change_sees_every_consistent_step(caplog: pytest.LogCaptureFix
     with pytest.raises(QueueFull):
         await enter(limiter)
     await leave(first_cm)  # the hand-over is one change, never a transient (0, 1)
-    await waiting
+    await within(waiting)
     await leave(second_cm)
     assert seen == [(0, 1), (1, 0), (1, 1), (1, 0), (0, 0)]
 

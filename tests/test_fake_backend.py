@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import signal
@@ -109,9 +110,9 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def poll(check: Callable[[], Any], timeout: float = 10.0) -> None:
-    """Await ``check()`` (a coroutine function returning truthy) within a deadline."""
+    """Poll ``check()`` (plain or async, returning truthy) within a deadline."""
     deadline = time.monotonic() + timeout
-    while not await check():
+    while not (await result if inspect.isawaitable(result := check()) else result):
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.02)
 
@@ -145,13 +146,13 @@ def chat(max_tokens: int | None = None, **extra: Any) -> dict[str, Any]:
 
 async def test_port_refused_while_loading_then_open(started: Callable[..., Backend]) -> None:
     backend = started("--startup-delay", "2")
-    await poll(lambda: asyncio.sleep(0, "Loading model" in backend.stdout()))
+    await poll(lambda: "Loading model" in backend.stdout())
     assert not port_open(backend.port)
     worker = psutil.Process(backend.worker_pid())
     assert "--worker-of" in worker.cmdline()
     assert os.getpgid(worker.pid) == backend.proc.pid
     await wait_port(backend.port, START_TIMEOUT_S, alive=backend.alive)
-    await poll(lambda: asyncio.sleep(0, "Application startup complete." in backend.stdout()))
+    await poll(lambda: "Application startup complete." in backend.stdout())
 
 
 async def test_health_and_models(shared: Backend, http: aiohttp.ClientSession) -> None:
@@ -169,7 +170,11 @@ async def test_chat_non_stream(shared: Backend, http: aiohttp.ClientSession) -> 
         body = await resp.json()
     assert body["model"] == NAME and body["object"] == "chat.completion"
     [choice] = body["choices"]
-    assert choice["message"] == {"role": "assistant", "content": " tok0 tok1 tok2", "tool_calls": []}
+    assert choice["message"] == {
+        "role": "assistant",
+        "content": " tok0 tok1 tok2",
+        "tool_calls": [],
+    }
     assert choice["finish_reason"] == "length"
     assert body["usage"] == {"prompt_tokens": 2, "total_tokens": 5, "completion_tokens": 3}
     # Without max_tokens the backend's --tokens (5 here) is the natural length.
@@ -227,7 +232,9 @@ async def test_openai_sdk_reads_it(shared: Backend) -> None:
             stream_options={"include_usage": True},
         )
         parts = [chunk async for chunk in stream]
-    assert "".join(c.choices[0].delta.content or "" for c in parts if c.choices) == " tok0 tok1 tok2"
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in parts if c.choices) == " tok0 tok1 tok2"
+    )
     assert parts[-1].usage is not None and parts[-1].usage.completion_tokens == 3
 
 
@@ -347,13 +354,13 @@ async def test_crash_after_leaves_worker(
     url = f"{backend.url}/v1/chat/completions"
     async with http.post(url, json=chat(1)) as resp:
         assert resp.status == 200
-    received: list[str] = []
+    chunks: list[bytes] = []
     with pytest.raises(aiohttp.ClientError):
         async with http.post(url, json=chat(50, stream=stream)) as resp:
-            received = await events(resp) if stream else [await resp.text()]
-    if stream:
-        # The couple of chunks sent before the crash were readable.
-        assert len(received) >= 1 or resp.status == 200
+            while line := await resp.content.readline():
+                chunks += [line] if line.startswith(b"data: ") else []
+    # A stream dies after a couple of chunks; a plain request before any answer.
+    assert len(chunks) == (2 if stream else 0)
     assert await asyncio.to_thread(backend.proc.wait, START_TIMEOUT_S) == 1
     assert group_pids(backend.proc.pid) == [worker]
 
@@ -381,15 +388,14 @@ async def test_sigterm_stops_main_and_worker_despite_hung_health(
     os.kill(pgid, signal.SIGTERM)
     assert await asyncio.to_thread(backend.proc.wait, 10) == 0
     await wait_group_gone(pgid, 10)
-    print("shutdown took", time.monotonic() - started_at)
     assert time.monotonic() - started_at < 5
     with pytest.raises(aiohttp.ClientError):
         await hung
     assert "Application shutdown complete." in backend.stdout()
 
 
-def test_bad_arguments_are_explained(tmp_path: Path) -> None:
+def test_bad_arguments_are_explained() -> None:
     cmd = fake_backend_cmd(free_port(), NAME, "--tokens", "0")
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert "--tokens: must be at least 1" in done.stderr

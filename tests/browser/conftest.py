@@ -1,23 +1,27 @@
 """Headless Debian Chromium driven by Playwright, for the dashboard tests.
 
-Playwright is used only as a driver: it never downloads a browser of its own
-(scripts/install_browser.sh installs Debian's chromium and the Python package).
-Without either, the tests here are skipped with the reason.
+Every test under tests/browser is marked ``browser`` here, so the default run
+(``-m 'not ... browser'`` in pyproject.toml) leaves them out; run them with
+``pytest -m browser tests/browser`` after ``scripts/install_browser.sh``.
+
+Playwright is used only as a driver: it never downloads a browser of its own.
+Without Chromium or the playwright package every test here is skipped with the
+hint to install them, unless BROWSER_TESTS_REQUIRED=1 (CI) makes that a failure.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO / "test-artifacts"
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -30,23 +34,33 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 VIEWPORT = {"width": 1280, "height": 800}
+INSTALL_HINT = "run scripts/install_browser.sh"
+
+Screenshot = Callable[[Any, str], Awaitable[Path]]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # tryfirst: the marker must be on before -m deselects by it.
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.browser)
+
+
+def _unavailable(reason: str) -> NoReturn:
+    if os.environ.get("BROWSER_TESTS_REQUIRED") == "1":
+        pytest.fail(f"{reason} (BROWSER_TESTS_REQUIRED=1)", pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        pytest.skip(f"no Chromium at {CHROMIUM}: run scripts/install_browser.sh")
+        _unavailable(f"no Chromium at {CHROMIUM}: {INSTALL_HINT}")
     try:
         from playwright.async_api import async_playwright
     except ImportError:
-        pytest.skip("the Python package playwright is missing: run scripts/install_browser.sh")
+        _unavailable(f"the Python package playwright is missing: {INSTALL_HINT}")
     async with async_playwright() as pw:
         chromium = await pw.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=60_000
@@ -57,15 +71,12 @@ async def browser() -> AsyncIterator[Any]:
             await chromium.close()
 
 
-class PageErrors(list[str]):
-    """Uncaught script errors and console errors of a page; a test asserts it stays empty."""
-
-
 @pytest.fixture
-async def page_and_errors(browser: Any) -> AsyncIterator[tuple[Any, PageErrors]]:
+async def page_and_errors(browser: Any) -> AsyncIterator[tuple[Any, list[str]]]:
+    """A 1280x800 dark-scheme page, and the script errors it raised (a test asserts none)."""
     context = await browser.new_context(viewport=VIEWPORT, color_scheme="dark")
     page = await context.new_page()
-    errors = PageErrors()
+    errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
 
     def on_console(msg: Any) -> None:
@@ -80,12 +91,20 @@ async def page_and_errors(browser: Any) -> AsyncIterator[tuple[Any, PageErrors]]
         await context.close()
 
 
-def save_screenshot_path(name: str) -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    return ARTIFACTS / name
+@pytest.fixture
+def screenshot() -> Screenshot:
+    """Save a page's screenshot under test-artifacts/ (git-ignored).
 
+    With DASHBOARD_SCREENSHOT_TO_DOCS=1 a shot named dashboard.png also replaces
+    docs/dashboard.png, the README's picture; plain test runs leave git clean.
+    """
 
-def publish_to_docs(shot: Path) -> None:
-    """Refresh docs/dashboard.png from a run, only on request, so test runs leave git clean."""
-    if os.environ.get("DASHBOARD_SCREENSHOT_TO_DOCS") == "1":
-        shutil.copyfile(shot, REPO / "docs" / "dashboard.png")
+    async def shoot(page: Any, name: str) -> Path:
+        ARTIFACTS.mkdir(exist_ok=True)
+        path = ARTIFACTS / name
+        await page.screenshot(path=str(path))
+        if name == "dashboard.png" and os.environ.get("DASHBOARD_SCREENSHOT_TO_DOCS") == "1":
+            shutil.copyfile(path, ROOT / "docs" / "dashboard.png")
+        return path
+
+    return shoot

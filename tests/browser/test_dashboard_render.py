@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
+from harness import free_port
+from stub_gateway import StubGateway
 
-from .conftest import PageErrors, free_port, save_screenshot_path
-from .stub_gateway import StubGateway
-
-pytestmark = pytest.mark.browser
-
+Screenshot = Callable[[Any, str], Awaitable[Path]]  # the conftest's screenshot fixture
 ADMIN_KEY = "stub-admin-key"
 TIMEOUT_MS = 15_000
 
@@ -33,7 +32,7 @@ async def stub() -> AsyncIterator[tuple[StubGateway, str]]:
 
 
 async def test_renders_status_and_asks_for_the_admin_key(
-    stub: tuple[StubGateway, str], page_and_errors: tuple[Any, PageErrors]
+    stub: tuple[StubGateway, str], page_and_errors: tuple[Any, list[str]], screenshot: Screenshot
 ) -> None:
     from playwright.async_api import expect
 
@@ -59,7 +58,7 @@ async def test_renders_status_and_asks_for_the_admin_key(
     await expect(page.locator('[data-gpu="1"] [data-field="driver"]')).to_have_text("driver reports 17 GB in use")
     await expect(page.locator('#events .event[data-kind="failed"]')).to_contain_text("phi-4")
     await expect(page.locator('button[data-action="load"][data-model="llama-3.1-8b"]')).to_be_disabled()
-    await page.screenshot(path=str(save_screenshot_path("dashboard-stub.png")))
+    await screenshot(page, "dashboard-stub.png")
 
     # Loading needs an admin key: the page asks for it, keeps it, and retries the click.
     bge = page.locator('tr[data-model="bge-m3"]')
@@ -82,7 +81,7 @@ async def test_renders_status_and_asks_for_the_admin_key(
 
 
 async def test_polling_pauses_while_the_tab_is_hidden(
-    stub: tuple[StubGateway, str], page_and_errors: tuple[Any, PageErrors]
+    stub: tuple[StubGateway, str], page_and_errors: tuple[Any, list[str]]
 ) -> None:
     from playwright.async_api import expect
 

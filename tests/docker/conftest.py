@@ -120,4 +120,3 @@ async def make_launcher(
 @pytest.fixture
 async def launcher(make_launcher: Callable[..., DockerLauncher]) -> DockerLauncher:
     return make_launcher()
-

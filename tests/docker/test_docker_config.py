@@ -10,6 +10,7 @@ from vllm_gateway.launchers.docker import DockerLauncher
 from vllm_gateway.launchers.docker_config import (
     container_config,
     container_name_pattern,
+    explain_start_error,
     parse_size,
 )
 
@@ -30,6 +31,8 @@ def spec_with(docker: DockerSpec, gpu_ids: tuple[int, ...] = (), **model: object
         ("64k", 64 << 10),
         ("1048576", 1 << 20),
         ("1.5g", 3 << 29),
+        ("2gi", 2 << 30),
+        ("100 m", 100 << 20),
     ],
 )
 def test_shm_sizes_read_as_docker_reads_them(text: str, expected: int) -> None:
@@ -51,8 +54,16 @@ def test_bad_shm_size_is_a_launch_error_naming_the_model() -> None:
 def test_host_network_request() -> None:
     docker = DockerSpec(
         image="vllm/vllm-openai:v0.11.0",
-        args=("--model", "/models/m", "--port", "{port}", "--served-model-name", "{name}",
-              "--gpu-memory-utilization", "{gpu_memory_utilization}"),
+        args=(
+            "--model",
+            "/models/m",
+            "--port",
+            "{port}",
+            "--served-model-name",
+            "{name}",
+            "--gpu-memory-utilization",
+            "{gpu_memory_utilization}",
+        ),
         volumes=("/srv/models:/models:ro",),
         shm_size="8g",
         ipc="host",
@@ -60,8 +71,16 @@ def test_host_network_request() -> None:
     spec = spec_with(docker, gpu_ids=(2, 3), env={"HF_HUB_OFFLINE": "1"})
     config = container_config(spec, docker, "gw-1")
     assert config["Image"] == "vllm/vllm-openai:v0.11.0"
-    assert config["Cmd"] == ["--model", "/models/m", "--port", "41000", "--served-model-name",
-                             "m", "--gpu-memory-utilization", "0.45"]
+    assert config["Cmd"] == [
+        "--model",
+        "/models/m",
+        "--port",
+        "41000",
+        "--served-model-name",
+        "m",
+        "--gpu-memory-utilization",
+        "0.45",
+    ]
     assert config["Env"] == ["HF_HUB_OFFLINE=1"]
     assert config["Labels"] == {"vllm-gateway.instance": "gw-1", "vllm-gateway.model": "m"}
     host = config["HostConfig"]
@@ -84,6 +103,28 @@ def test_no_gpu_no_device_request_and_bridge_publishes_on_loopback() -> None:
     assert host["PortBindings"] == {"9000/tcp": [{"HostIp": "127.0.0.1", "HostPort": "41000"}]}
     assert config["ExposedPorts"] == {"9000/tcp": {}}
     assert "ShmSize" not in host and "IpcMode" not in host
+
+
+def test_no_args_leave_the_image_command() -> None:
+    docker = DockerSpec()
+    assert "Cmd" not in container_config(spec_with(docker), docker, "gw")
+
+
+def test_engine_refusals_become_advice() -> None:
+    where = {"image": "vllm/vllm-openai:latest", "name": "vllm_0", "docker_host": "unix:///s"}
+    gpu_spec = spec_with(DockerSpec(), gpu_ids=(0, 1))
+    refused = 'could not select device driver "nvidia" with capabilities: [[gpu]]'
+    gpu = str(explain_start_error(500, refused, spec=gpu_spec, **where))
+    assert "model m (container vllm_0)" in gpu
+    assert "refused the GPU request (nvidia, devices 0,1)" in gpu
+    assert "NVIDIA Container Toolkit" in gpu and refused in gpu
+
+    missing = str(explain_start_error(404, "No such image: x", spec=gpu_spec, **where))
+    assert "image vllm/vllm-openai:latest not found locally" in missing
+    assert "docker pull vllm/vllm-openai:latest" in missing
+
+    other = str(explain_start_error(500, "port is already allocated", spec=gpu_spec, **where))
+    assert other.endswith("Docker could not start it: port is already allocated")
 
 
 def test_name_pattern_takes_only_prefix_and_a_number() -> None:

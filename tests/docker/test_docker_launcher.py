@@ -80,15 +80,17 @@ async def stream_chat(base_url: str, model: str) -> list[Any]:
     }
     events: list[Any] = []
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        async with session.post(f"{base_url}/v1/chat/completions", json=body) as resp:
-            assert resp.status == 200, await resp.text()
-            assert resp.headers["Content-Type"].startswith("text/event-stream")
-            async for raw in resp.content:
-                line = raw.decode().strip()
-                if line.startswith("data: "):
-                    data = line[len("data: ") :]
-                    events.append(data if data == "[DONE]" else json.loads(data))
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.post(f"{base_url}/v1/chat/completions", json=body) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        async for raw in resp.content:
+            line = raw.decode().strip()
+            if line.startswith("data: "):
+                data = line[len("data: ") :]
+                events.append(data if data == "[DONE]" else json.loads(data))
     return events
 
 

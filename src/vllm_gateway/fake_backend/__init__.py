@@ -10,4 +10,11 @@ error shapes, streams Server-Sent Events, exposes the same Prometheus gauges,
 and leaves a worker process behind when its main process is SIGKILLed. Test
 hooks live under ``/fake/`` and in an optional ``"fake"`` field of a request
 body. This package imports nothing heavy so that the worker starts lean.
+
+Endpoints: ``GET /health``, ``/v1/models``, ``/version``, ``/metrics``;
+``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``.
+Test hooks: ``GET /fake/stats``, ``GET /fake/last_request``, ``POST /fake/hang``
+(``/health`` never answers from then on), ``POST /fake/reset_stats``.
+Per request: ``"fake": {"token_delay": s, "stall_after": n, "tokens": n, "status": code}``.
+Flags: ``--help``.
 """

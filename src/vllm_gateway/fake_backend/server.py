@@ -99,7 +99,7 @@ async def _serve_until_stopped(
         handler_cancellation=True,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         access_log=_access_logger() if settings.access_log else None,
-        access_log_format='%a - "%r" %s',
+        access_log_format='INFO:     %a - "%r" %s',
     )
     await runner.setup()
     try:
@@ -107,12 +107,9 @@ async def _serve_until_stopped(
         try:
             await site.start()
         except OSError as exc:
-            print(
-                f"ERROR: [Errno {exc.errno}] error while attempting to bind on address "
-                f"({settings.host!r}, {settings.port}): {exc.strerror}",
-                file=sys.stderr,
-                flush=True,
-            )
+            # asyncio's message already names the address: "[Errno 98] error while
+            # attempting to bind on address ('127.0.0.1', 8000): address already in use".
+            print(f"ERROR: {exc}", file=sys.stderr, flush=True)
             return 1
         _log(
             "launcher.py:29",

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiodocker
+import aiohttp
 from aiodocker.containers import DockerContainer
 
 from ..config import DockerSpec
@@ -30,6 +31,7 @@ from .docker_config import (
     LABEL_MODEL,
     container_config,
     container_name_pattern,
+    explain_start_error,
 )
 
 log = logging.getLogger("vllm_gateway.launcher")
@@ -111,7 +113,7 @@ class ContainerHandle:
                 *lines, pending = pending.split("\n")
                 for line in lines:
                     self._append(line)
-        except aiodocker.DockerError as exc:
+        except (aiodocker.DockerError, aiohttp.ClientError) as exc:
             log.debug("[%s] log stream of %s ended: %s", self._model, self._name, exc)
         finally:
             if pending:
@@ -129,19 +131,37 @@ class ContainerHandle:
                 code = int(result.get("StatusCode", -1))
             except aiodocker.DockerError as exc:
                 if exc.status != 404:
-                    # The engine restarted or dropped the connection: ask again.
-                    log.debug("[%s] wait on %s failed: %s", self._model, self._name, exc)
-                    await asyncio.sleep(1.0)
+                    await self._engine_hiccup(exc)
                     continue
                 code = -1  # removed behind our back: it is certainly not running
+            except (aiohttp.ClientError, ValueError) as exc:
+                await self._engine_hiccup(exc)
+                continue
             if not self._exited.done():
                 self._exited.set_result(code)
+
+    async def _engine_hiccup(self, exc: Exception) -> None:
+        # The engine restarted or dropped the connection: ask again shortly,
+        # rather than leave the handle saying "alive" for ever.
+        log.debug("[%s] waiting on %s failed: %s", self._model, self._name, exc)
+        await asyncio.sleep(1.0)
+
+    async def _record_exit_from_inspect(self) -> None:
+        """For a handle no longer watched (after close): read the exit code once."""
+        try:
+            state = (await self._container.show()).get("State", {})
+        except aiodocker.DockerError:
+            state = {"Running": False, "ExitCode": -1}
+        if not state.get("Running") and not self._exited.done():
+            self._exited.set_result(int(state.get("ExitCode", -1)))
 
     async def stop(self, grace_s: float) -> None:
         """SIGTERM, SIGKILL after ``grace_s``, wait for the exit, remove the container."""
         if self.alive():
             await self._stop_container(grace_s)
-        with contextlib.suppress(asyncio.TimeoutError):
+        if self._tasks[1].done():
+            await self._record_exit_from_inspect()
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._exited), _ENGINE_CALL_S)
         try:
             await asyncio.wait_for(self._container.delete(force=True, v=True), _ENGINE_CALL_S)
@@ -151,7 +171,7 @@ class ContainerHandle:
         except TimeoutError:
             log.warning("[%s] removing container %s timed out", self._model, self._name)
         # The log stream ends with the container; give it a moment to drain.
-        with contextlib.suppress(asyncio.TimeoutError):
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._tasks[0]), 2.0)
         await self.close()
         self._on_removed(self)
@@ -169,7 +189,7 @@ class ContainerHandle:
             log.warning("[%s] stop of %s failed (%s): killing it", self._model, self._name, exc)
         except TimeoutError:
             log.warning("[%s] stop of %s hung: killing it", self._model, self._name)
-        with contextlib.suppress(aiodocker.DockerError, asyncio.TimeoutError):
+        with contextlib.suppress(aiodocker.DockerError, TimeoutError):
             await asyncio.wait_for(self._container.kill(), _ENGINE_CALL_S)
 
     async def close(self) -> None:
@@ -231,7 +251,7 @@ class DockerLauncher:
             container.id[:12],
             docker.image,
             ",".join(map(str, spec.gpu_ids)) or "none",
-            " ".join(config["Cmd"]),
+            " ".join(config.get("Cmd", ["(the image's own command)"])),
         )
         return handle
 
@@ -287,25 +307,11 @@ class DockerLauncher:
     def _start_error(
         self, spec: LaunchSpec, docker: DockerSpec, name: str, exc: aiodocker.DockerError
     ) -> LaunchError:
-        what = f"model {spec.model.name} (container {name})"
-        message = exc.message
         if exc.status == _UNREACHABLE:
             return self._engine_error(exc)
-        if exc.status == 404 and "image" in message.lower():
-            return LaunchError(
-                f"{what}: image {docker.image} not found locally on the Docker engine at "
-                f"{self._url}; the gateway never pulls: run `docker pull {docker.image}` there "
-                f"(engine said: {message})"
-            )
-        lowered = message.lower()
-        if spec.gpu_ids and any(w in lowered for w in ("device driver", "nvidia", "gpu")):
-            ids = ",".join(map(str, spec.gpu_ids))
-            return LaunchError(
-                f"{what}: the Docker engine refused the GPU request (nvidia, devices {ids}); "
-                f"is the NVIDIA Container Toolkit installed on the engine's host? "
-                f"Engine said: {message}"
-            )
-        return LaunchError(f"{what}: Docker could not start it: {message}")
+        return explain_start_error(
+            exc.status, exc.message, spec=spec, image=docker.image, name=name, docker_host=self._url
+        )
 
     async def cleanup_leftovers(self) -> list[str]:
         """Remove containers named ``{prefix}_{n}`` that carry the gateway's label.

@@ -17,7 +17,8 @@ from .base import LaunchError, LaunchSpec
 LABEL_INSTANCE = "vllm-gateway.instance"
 LABEL_MODEL = "vllm-gateway.model"
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b)?\s*$", re.IGNORECASE)
+# Docker's own grammar (go-units RAMInBytes): a number, a unit, then optional "i" and "b".
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s?([kmgtp]?)i?b?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 
 
@@ -86,13 +87,15 @@ def container_config(spec: LaunchSpec, docker: DockerSpec, instance_id: str) -> 
         host_config["IpcMode"] = docker.ipc
     config: dict[str, Any] = {
         "Image": docker.image,
-        "Cmd": format_args(docker.args, spec.placeholders()),
         "Env": container_env(spec),
         "Labels": {LABEL_INSTANCE: instance_id, LABEL_MODEL: spec.model.name},
         "Tty": False,
         "OpenStdin": False,
         "HostConfig": host_config,
     }
+    if docker.args:
+        # Without arguments the image's own CMD applies, as with `docker run IMAGE`.
+        config["Cmd"] = format_args(docker.args, spec.placeholders())
     if docker.network == "host":
         # The server itself listens on {port}, on the host's loopback too.
         host_config["NetworkMode"] = "host"
@@ -111,3 +114,24 @@ def container_config(spec: LaunchSpec, docker: DockerSpec, instance_id: str) -> 
 def container_name_pattern(prefix: str) -> re.Pattern[str]:
     """Names this launcher gives: ``{prefix}_{n}``, n a slot number."""
     return re.compile(rf"^{re.escape(prefix)}_(\d+)$")
+
+
+def explain_start_error(
+    status: int, message: str, *, spec: LaunchSpec, image: str, name: str, docker_host: str
+) -> LaunchError:
+    """Turn the engine's refusal to create or start a container into advice."""
+    what = f"model {spec.model.name} (container {name})"
+    lowered = message.lower()
+    if status == 404 and "image" in lowered:
+        return LaunchError(
+            f"{what}: image {image} not found locally on the Docker engine at {docker_host}; "
+            f"the gateway never pulls: run `docker pull {image}` there (engine said: {message})"
+        )
+    if spec.gpu_ids and any(word in lowered for word in ("device driver", "nvidia", "gpu")):
+        ids = ",".join(map(str, spec.gpu_ids))
+        return LaunchError(
+            f"{what}: the Docker engine refused the GPU request (nvidia, devices {ids}); "
+            f"is the NVIDIA Container Toolkit installed on the engine's host? "
+            f"Engine said: {message}"
+        )
+    return LaunchError(f"{what}: Docker could not start it: {message}")
