@@ -28,6 +28,7 @@ from .machine import machine_info, tool_versions
 from .peers import PEERS
 from .placement import available_cpus, plan
 from .runner import RESULTS_DIR, Settings, run_all, settings_json
+from .wrk import wrk_path
 
 
 def write_json(document: dict[str, object], out_dir: Path, smoke: bool) -> Path:
@@ -106,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "vllm_gateway.fake_backend is not importable: run from the project's venv",
             file=sys.stderr,
         )
+        return 2
+    if wrk_path() is None:
+        print("wrk is not installed: run scripts/install_bench_tools.sh", file=sys.stderr)
         return 2
     placement = plan(available_cpus())
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

@@ -1,6 +1,7 @@
 """Admission counters stay exact whichever point a cancellation lands on.
 
-Two deterministic sweeps cancel one request of a small scenario at every
+Targeted tests cover each exit path and both orders of "slot handed over" and
+"waiter cancelled". Two deterministic sweeps cancel one request of a small scenario at every
 event-loop step, and at every counter change (from inside the change hook,
 which is the moment a slot is handed over), until the scenario finishes
 before the cancellation can land. A Hypothesis test drives random
@@ -11,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import pytest
 from hypothesis import given, settings
@@ -22,9 +23,20 @@ from hypothesis import strategies as st
 
 from vllm_gateway.admission import Limiter, QueueFull, Ticket, TicketState
 
+Admission = AbstractAsyncContextManager[Ticket]
+T = TypeVar("T")
 Mode = Literal["loop_step", "counter_change"]
 USERS = ("a", "b", "c", "d")
 MAX_SWEEP = 1000
+
+
+async def enter(limiter: Limiter) -> tuple[Admission, Ticket]:
+    cm = limiter.admit()
+    return cm, await cm.__aenter__()
+
+
+async def leave(cm: Admission) -> None:
+    await cm.__aexit__(None, None, None)
 
 
 def run_now(coro: Coroutine[Any, Any, None]) -> None:
@@ -37,22 +49,167 @@ def run_now(coro: Coroutine[Any, Any, None]) -> None:
     raise AssertionError("suspended where no await was expected")
 
 
-async def assert_fully_available(limiter: Limiter) -> None:
-    held: list[AbstractAsyncContextManager[Ticket]] = []
-    for _ in range(limiter.max_concurrent):
-        cm = limiter.admit()
-        held.append(cm)
-        run_now((await cm.__aenter__()).activate())
-    assert limiter.in_flight == limiter.max_concurrent
-    for _ in range(limiter.max_queue):
-        cm = limiter.admit()
-        await cm.__aenter__()
-        held.append(cm)
-    with pytest.raises(QueueFull):
-        await limiter.admit().__aenter__()
-    for cm in held:
-        await cm.__aexit__(None, None, None)
+def activate_now(ticket: Ticket) -> None:
+    run_now(ticket.activate())
+
+
+def state(ticket: Ticket) -> TicketState:
+    # A call, so the type checker does not pin the state across the awaits that change it.
+    return ticket.state
+
+
+async def within(awaitable: Awaitable[T]) -> T:
+    """Await with a generous bound, so a lost wake-up fails the test instead of hanging it."""
+    return await asyncio.wait_for(awaitable, 10)
+
+
+async def settle(turns: int = 5) -> None:
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+
+def assert_fully_available(limiter: Limiter) -> None:
+    """All slots take the no-yield fast path again, and the whole queue is there behind them."""
+
+    async def check() -> None:
+        held = [await enter(limiter) for _ in range(limiter.max_concurrent)]
+        for _, ticket in held:
+            activate_now(ticket)
+        assert limiter.in_flight == limiter.max_concurrent
+        held += [await enter(limiter) for _ in range(limiter.max_queue)]
+        assert limiter.queued == limiter.max_queue
+        with pytest.raises(QueueFull):
+            await enter(limiter)
+        for cm, _ in held:
+            await leave(cm)
+        assert limiter.idle
+
+    run_now(check())
+
+
+# --- release on every exit path and at the hand-over ---------------------------------------------
+
+
+async def test_exception_in_body_releases_and_propagates() -> None:
+    limiter = Limiter("m", max_concurrent=1, max_queue=1)
+    with pytest.raises(ValueError):
+        async with limiter.admit() as ticket:
+            await ticket.activate()
+            raise ValueError("backend broke")
+    assert limiter.idle and ticket.state is TicketState.DONE
+    with pytest.raises(ValueError):
+        async with limiter.admit():
+            raise ValueError("model failed to start")
     assert limiter.idle
+    assert_fully_available(limiter)
+
+
+@pytest.mark.parametrize("where", ["model_start", "slot_wait", "backend"])
+async def test_cancellation_releases(where: str) -> None:
+    limiter = Limiter("m", max_concurrent=1, max_queue=2)
+    never = asyncio.Event()
+    holder_cm, holder = await enter(limiter)
+    activate_now(holder)
+
+    async def user() -> None:
+        async with limiter.admit() as ticket:
+            if where == "model_start":
+                await never.wait()
+            await ticket.activate()
+            await never.wait()
+
+    if where == "backend":
+        await leave(holder_cm)
+    task = asyncio.create_task(user())
+    await settle()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await within(task)
+    if where != "backend":
+        assert (limiter.in_flight, limiter.queued) == (1, 0)
+        await leave(holder_cm)
+    assert limiter.idle
+    assert_fully_available(limiter)
+
+
+async def test_slot_handed_over_as_the_waiter_is_cancelled_is_not_lost() -> None:
+    limiter = Limiter("m", max_concurrent=1, max_queue=2)
+    holder_cm, holder = await enter(limiter)
+    activate_now(holder)
+    tickets: list[Ticket] = []
+
+    async def user() -> None:
+        async with limiter.admit() as ticket:
+            tickets.append(ticket)
+            await ticket.activate()
+            raise AssertionError("the cancelled waiter must not run its request")
+
+    task = asyncio.create_task(user())
+    await settle()
+    await leave(holder_cm)
+    assert state(tickets[0]) is TicketState.ACTIVE
+    assert (limiter.in_flight, limiter.queued) == (1, 0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await within(task)
+    assert state(tickets[0]) is TicketState.DONE
+    assert limiter.idle
+    assert_fully_available(limiter)
+
+
+async def test_waiter_cancelled_before_hand_over_is_skipped() -> None:
+    limiter = Limiter("m", max_concurrent=1, max_queue=3)
+    holder_cm, holder = await enter(limiter)
+    activate_now(holder)
+    tickets: dict[str, Ticket] = {}
+
+    async def user(name: str) -> None:
+        async with limiter.admit() as ticket:
+            tickets[name] = ticket
+            await ticket.activate()
+
+    first = asyncio.create_task(user("first"))
+    await settle()
+    second = asyncio.create_task(user("second"))
+    await settle()
+    first.cancel()
+    await leave(holder_cm)
+    assert tickets["first"].state is TicketState.WAITING
+    assert tickets["second"].state is TicketState.ACTIVE
+    assert (limiter.in_flight, limiter.queued) == (1, 1)
+    with pytest.raises(asyncio.CancelledError):
+        await within(first)
+    await within(second)
+    assert limiter.idle
+    assert_fully_available(limiter)
+
+
+async def test_waiter_that_gave_up_and_retries_goes_to_the_back() -> None:
+    limiter = Limiter("m", max_concurrent=1, max_queue=2)
+    holder_cm, holder = await enter(limiter)
+    activate_now(holder)
+    first_cm, first = await enter(limiter)
+    second_cm, second = await enter(limiter)
+    first_try = asyncio.create_task(first.activate())
+    await settle()
+    second_wait = asyncio.create_task(second.activate())
+    await settle()
+    first_try.cancel()  # e.g. the handler's own timeout around activate()
+    await settle()
+    assert first_try.cancelled() and first.state is TicketState.WAITING
+    first_retry = asyncio.create_task(first.activate())
+    await settle()
+    await leave(holder_cm)
+    assert (first.state, second.state) == (TicketState.WAITING, TicketState.ACTIVE)
+    await within(second_wait)
+    await leave(second_cm)
+    await within(first_retry)
+    assert state(first) is TicketState.ACTIVE
+    await leave(first_cm)
+    assert limiter.idle
+
+
+# --- cancellation sweeps ----------------------------------------------------------------------
 
 
 @dataclass
@@ -121,7 +278,7 @@ async def scenario(max_concurrent: int, target: str, mode: Mode, cancel_at: int)
             assert task.result() is None
             assert name in run.served
     assert (limiter.in_flight, limiter.queued) == (0, 0) and limiter.idle
-    await assert_fully_available(limiter)
+    assert_fully_available(limiter)
     return run
 
 

@@ -8,8 +8,9 @@ name the variable or the file, never the secret.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Final, Literal, Mapping
+from typing import Final, Literal
 
 from .config import AuthConfig, AuthKey, ModelConfig
 from .config_values import Problems, Section, describe, read_str, read_str_list
@@ -71,8 +72,9 @@ def _read_key(
     models: Mapping[str, ModelConfig],
 ) -> AuthKey | None:
     if not isinstance(raw, dict):
-        problems.add(path, f"expected a mapping with name and key_env or key_file, got "
-                     f"{describe(raw)}")
+        problems.add(
+            path, f"expected a mapping with name and key_env or key_file, got {describe(raw)}"
+        )
         return None
     sec = Section(problems, path, raw, KEY_KEYS)
     if sec.has("key"):
@@ -120,8 +122,11 @@ def _read_key_file(problems: Problems, where: str, path: Path) -> str | None:
         problems.add(where, f"cannot read {describe(str(path))}: {error}")
         return None
     if len(data) > MAX_KEY_FILE_BYTES:
-        problems.add(where, f"{str(path)!r} is larger than {MAX_KEY_FILE_BYTES} bytes; "
-                     f"expected a file holding just the key")
+        problems.add(
+            where,
+            f"{str(path)!r} is larger than {MAX_KEY_FILE_BYTES} bytes; "
+            f"expected a file holding just the key",
+        )
         return None
     try:
         text = data.decode("utf-8").strip()

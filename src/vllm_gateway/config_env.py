@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, Mapping
+from typing import Final
 
 from .config_values import Problems, describe
 
@@ -119,7 +120,8 @@ def read_env(env: Mapping[str, str], problems: Problems) -> EnvSettings:
         idle_timeout_s=reader.number("VLLM_INACTIVITY_TIMEOUT", minimum=0),
         request_timeout_s=reader.number("VLLM_REQUEST_TIMEOUT", minimum=0),
         container_prefix=(
-            None if prefix is None
+            None
+            if prefix is None
             else read_container_prefix(problems, "VLLM_CONTAINER_PREFIX", prefix)
         ),
         total_gpu_vram_gb=reader.number("TOTAL_GPU_VRAM", minimum=0, exclusive=True),

@@ -13,10 +13,9 @@ variable (``GATEWAY_MAX_CONCURRENT``) it concerns and raised together as one
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Final, Literal, Mapping, Sequence, TypeVar
-
-import yaml
+from typing import Final, Literal, TypeVar
 
 from .config import FaultConfig, GatewayConfig, GpuSpec, ModelConfig, RetryConfig, ServerConfig
 from .config_auth import read_auth, resolve_base_dir
@@ -26,14 +25,29 @@ from .config_values import Problems, Section, describe, read_int, read_number, r
 from .config_yaml import parse_yaml
 
 TOP_KEYS: Final = (
-    "server", "gpus", "max_loaded_models", "defaults", "models", "retry", "faults", "auth",
-    "http_pool_size", "state_dir", "log_level", "log_format", "container_prefix",
+    "server",
+    "gpus",
+    "max_loaded_models",
+    "defaults",
+    "models",
+    "retry",
+    "faults",
+    "auth",
+    "http_pool_size",
+    "state_dir",
+    "log_level",
+    "log_format",
+    "container_prefix",
 )
 SERVER_KEYS: Final = ("host", "port", "shutdown_timeout_s", "max_body_mb")
 RETRY_KEYS: Final = ("max_retries", "delay_s", "backoff")
 FAULT_KEYS: Final = (
-    "start_backoff_s", "start_backoff_max_s", "max_failed_starts", "health_interval_s",
-    "unhealthy_probes", "stop_grace_s",
+    "start_backoff_s",
+    "start_backoff_max_s",
+    "max_failed_starts",
+    "health_interval_s",
+    "unhealthy_probes",
+    "stop_grace_s",
 )
 GPU_KEYS: Final = ("id", "vram_gb")
 LOG_FORMATS: Final = ("text", "json")
@@ -160,9 +174,7 @@ def _model_defaults(problems: Problems, top: Section, env: EnvSettings) -> Model
     )
 
 
-def _server(
-    problems: Problems, raw: object, host: str | None, port: int | None
-) -> ServerConfig:
+def _server(problems: Problems, raw: object, host: str | None, port: int | None) -> ServerConfig:
     sec = Section(problems, "server", raw, SERVER_KEYS)
     base = ServerConfig()
     chosen_host = sec.get_str("host", base.host, no_whitespace=True)
@@ -176,8 +188,7 @@ def _server(
     return ServerConfig(
         host=chosen_host,
         port=chosen_port,
-        shutdown_timeout_s=sec.get_number("shutdown_timeout_s", base.shutdown_timeout_s,
-                                          minimum=0),
+        shutdown_timeout_s=sec.get_number("shutdown_timeout_s", base.shutdown_timeout_s, minimum=0),
         max_body_mb=sec.get_number("max_body_mb", base.max_body_mb, minimum=0, exclusive=True),
     )
 
@@ -212,8 +223,9 @@ def _gpus(
             problems.add(path, "needs both id and vram_gb")
             continue
         gpu_id = read_int(problems, sec.at("id"), sec.raw("id"), minimum=0)
-        vram = read_number(problems, sec.at("vram_gb"), sec.raw("vram_gb"), minimum=0,
-                           exclusive=True)
+        vram = read_number(
+            problems, sec.at("vram_gb"), sec.raw("vram_gb"), minimum=0, exclusive=True
+        )
         if gpu_id is not None and gpu_id in seen:
             problems.add(sec.at("id"), f"GPU {gpu_id} is listed twice")
         elif gpu_id is not None and vram is not None:
@@ -244,9 +256,7 @@ def _retry(problems: Problems, raw: object, env: EnvSettings) -> RetryConfig:
     sec = Section(problems, "retry", raw, RETRY_KEYS)
     base = RetryConfig()
     return RetryConfig(
-        max_retries=_pick(
-            env.max_retries, sec.get_int("max_retries", base.max_retries, minimum=0)
-        ),
+        max_retries=_pick(env.max_retries, sec.get_int("max_retries", base.max_retries, minimum=0)),
         delay_s=_pick(env.retry_delay_s, sec.get_number("delay_s", base.delay_s, minimum=0)),
         backoff=_pick(env.retry_backoff, sec.get_number("backoff", base.backoff, minimum=1)),
     )
@@ -257,11 +267,13 @@ def _faults(problems: Problems, raw: object) -> FaultConfig:
     base = FaultConfig()
     faults = FaultConfig(
         start_backoff_s=sec.get_number("start_backoff_s", base.start_backoff_s, minimum=0),
-        start_backoff_max_s=sec.get_number("start_backoff_max_s", base.start_backoff_max_s,
-                                           minimum=0),
+        start_backoff_max_s=sec.get_number(
+            "start_backoff_max_s", base.start_backoff_max_s, minimum=0
+        ),
         max_failed_starts=sec.get_int("max_failed_starts", base.max_failed_starts, minimum=1),
-        health_interval_s=sec.get_number("health_interval_s", base.health_interval_s,
-                                         minimum=0, exclusive=True),
+        health_interval_s=sec.get_number(
+            "health_interval_s", base.health_interval_s, minimum=0, exclusive=True
+        ),
         unhealthy_probes=sec.get_int("unhealthy_probes", base.unhealthy_probes, minimum=1),
         stop_grace_s=sec.get_number("stop_grace_s", base.stop_grace_s, minimum=0),
     )
@@ -281,9 +293,7 @@ def _log_level(problems: Problems, top: Section, env: EnvSettings) -> str:
     return env.log_level or from_file
 
 
-def _log_format(
-    problems: Problems, top: Section, argument: str | None
-) -> Literal["text", "json"]:
+def _log_format(problems: Problems, top: Section, argument: str | None) -> Literal["text", "json"]:
     chosen = top.get_choice("log_format", "text", LOG_FORMATS)
     if argument is not None:
         if argument in LOG_FORMATS:

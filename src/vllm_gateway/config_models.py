@@ -9,8 +9,9 @@ typo in intent shows up at check time rather than as a mystery at run time.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Final, Mapping
+from typing import Final
 from urllib.parse import urlsplit
 
 from .config import DockerSpec, GpuSpec, LauncherKind, ModelConfig
@@ -35,17 +36,31 @@ DEFAULT_KEYS: Final = (
     "request_timeout_s",
     "launcher",
 )
-DOCKER_KEYS: Final = (
-    "image", "args", "volumes", "shm_size", "ipc", "network", "container_port"
-)
+DOCKER_KEYS: Final = ("image", "args", "volumes", "shm_size", "ipc", "network", "container_port")
 # Keys about starting and placing a server; meaningless for a model given by url.
 STARTING_KEYS: Final = (
-    "command", "launcher", *DOCKER_KEYS, "env", "vram_gb", "gpu_count", "pinned",
-    "idle_timeout_s", "startup_timeout_s",
+    "command",
+    "launcher",
+    *DOCKER_KEYS,
+    "env",
+    "vram_gb",
+    "gpu_count",
+    "pinned",
+    "idle_timeout_s",
+    "startup_timeout_s",
 )
 MODEL_KEYS: Final = (
-    "command", "url", "vram_gb", "gpu_count", "aliases", "env", "health_path", "pinned",
-    "forward_authorization", *DEFAULT_KEYS, *DOCKER_KEYS,
+    "command",
+    "url",
+    "vram_gb",
+    "gpu_count",
+    "aliases",
+    "env",
+    "health_path",
+    "pinned",
+    "forward_authorization",
+    *DEFAULT_KEYS,
+    *DOCKER_KEYS,
 )
 _SHM_SIZE_RE: Final = re.compile(r"[0-9]+(\.[0-9]+)? ?[kmgtp]?i?b?", re.IGNORECASE)
 _IPC_MODES: Final = ("host", "private", "shareable", "none")
@@ -86,7 +101,9 @@ def read_models(problems: Problems, raw: object, defaults: ModelDefaults) -> dic
         problems.add("models", "at least one model is required")
         return {}
     if not isinstance(raw, dict):
-        problems.add("models", f"expected a mapping of model names to settings, got {describe(raw)}")
+        problems.add(
+            "models", f"expected a mapping of model names to settings, got {describe(raw)}"
+        )
         return {}
     if not raw:
         problems.add("models", "at least one model is required")
@@ -127,7 +144,9 @@ def _read_model(
         forward_authorization=sec.get_bool("forward_authorization", False),
         max_concurrent=sec.get_int("max_concurrent", defaults.max_concurrent, minimum=1),
         max_queue=sec.get_int("max_queue", defaults.max_queue, minimum=0),
-        request_timeout_s=sec.get_number("request_timeout_s", defaults.request_timeout_s, minimum=0),
+        request_timeout_s=sec.get_number(
+            "request_timeout_s", defaults.request_timeout_s, minimum=0
+        ),
     )
     ways = [key for key in ("command", "url", "image") if sec.has(key)]
     if len(ways) > 1:
@@ -193,8 +212,10 @@ def _managed(sec: Section, base: ModelConfig, defaults: ModelDefaults) -> ModelC
     vram_gb = 0.0
     if sec.has("vram_gb"):
         # Leaving vram_gb out means "no GPU accounting"; an explicit 0 is a slip.
-        vram_gb = read_number(problems, sec.at("vram_gb"), sec.raw("vram_gb"), minimum=0,
-                              exclusive=True) or 0.0
+        vram_gb = (
+            read_number(problems, sec.at("vram_gb"), sec.raw("vram_gb"), minimum=0, exclusive=True)
+            or 0.0
+        )
     env: dict[str, str] = {}
     if sec.has("env"):
         env = read_str_map(problems, sec.at("env"), sec.raw("env")) or {}
@@ -214,8 +235,9 @@ def _managed(sec: Section, base: ModelConfig, defaults: ModelDefaults) -> ModelC
         for key in DOCKER_KEYS:
             if sec.has(key):
                 problems.add(
-                    sec.at(key), f"only used with launcher: docker (this model's launcher is "
-                    f"subprocess{origin})"
+                    sec.at(key),
+                    f"only used with launcher: docker (this model's launcher is "
+                    f"subprocess{origin})",
                 )
         if not sec.has("command"):
             problems.add(
@@ -252,8 +274,7 @@ def _docker(sec: Section) -> DockerSpec:
         shm_size=_shm_size(sec),
         ipc=_ipc(sec),
         network=network,
-        container_port=sec.get_int("container_port", base.container_port, minimum=1,
-                                   maximum=65535),
+        container_port=sec.get_int("container_port", base.container_port, minimum=1, maximum=65535),
     )
 
 

@@ -12,7 +12,8 @@ import difflib
 import math
 import shlex
 import string
-from typing import Final, Sequence
+from collections.abc import Sequence
+from typing import Final
 
 # What a command line or docker argument may refer to; the launcher fills
 # them in with str.format, so literal braces are written {{ and }}.
@@ -234,9 +235,7 @@ class Section:
     A missing or null section reads as empty, so every key takes its default.
     """
 
-    def __init__(
-        self, problems: Problems, path: str, raw: object, known: Sequence[str]
-    ) -> None:
+    def __init__(self, problems: Problems, path: str, raw: object, known: Sequence[str]) -> None:
         self.problems = problems
         self.path = path
         self.data: dict[object, object] = {}
@@ -263,8 +262,9 @@ class Section:
     def get_int(self, key: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
         if key not in self.data:
             return default
-        found = read_int(self.problems, self.at(key), self.data[key], minimum=minimum,
-                         maximum=maximum)
+        found = read_int(
+            self.problems, self.at(key), self.data[key], minimum=minimum, maximum=maximum
+        )
         return default if found is None else found
 
     def get_optional_int(self, key: str, *, minimum: int) -> int | None:
@@ -272,11 +272,14 @@ class Section:
             return None
         return read_int(self.problems, self.at(key), self.data[key], minimum=minimum)
 
-    def get_number(self, key: str, default: float, *, minimum: float, exclusive: bool = False) -> float:
+    def get_number(
+        self, key: str, default: float, *, minimum: float, exclusive: bool = False
+    ) -> float:
         if key not in self.data:
             return default
-        found = read_number(self.problems, self.at(key), self.data[key], minimum=minimum,
-                            exclusive=exclusive)
+        found = read_number(
+            self.problems, self.at(key), self.data[key], minimum=minimum, exclusive=exclusive
+        )
         return default if found is None else found
 
     def get_bool(self, key: str, default: bool) -> bool:

@@ -59,7 +59,7 @@ def _describe(error: yaml.YAMLError) -> str:
 def parse_yaml(text: str) -> object:
     """The document in ``text``; None for an empty one (or one of only comments)."""
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as error:
         raise ValueError(_describe(error)) from None
     except RecursionError:

@@ -19,7 +19,7 @@ What a decision optimises, in order:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -151,21 +151,22 @@ class _Problem:
 
 def _fewest_evictions(
     problem: _Problem, forced: frozenset[int], allowed: frozenset[int], limit: int, first: bool
-) -> int | None:
-    """Fewest evictions E, forced <= E <= allowed, after which ``count`` candidate GPUs fit.
+) -> frozenset[int] | None:
+    """A smallest eviction set E, forced <= E <= allowed, after which ``count`` GPUs fit.
 
-    Returns len(E), or None when that is more than ``limit``. With ``first`` it stops at the first
-    E within the limit (a yes/no question). Exact branch and bound:
+    None when every such E has more than ``limit`` models. With ``first`` it returns the first E
+    within the limit (a yes/no question with a witness). Exact branch and bound:
 
-    * branching: take a GPU g that does not fit yet. Either g is in the final GPU set, and then one
-      more model on g must go: branch on which model is the first one to go in a fixed order
-      (largest first), excluding the ones before it in that subtree; or g is not in the set, and
-      it is banned from the set in that subtree. Every solution stays reachable.
-    * bound: on one GPU the fewest models freeing a deficit is the largest-first greedy count
-      (exact for a single GPU). Every GPU of the final set needs at least its greedy count, so
-      the need is at least the count-th smallest greedy count; and since one evicted model helps
-      at most ``span`` needing GPUs, at least ceil(sum of the count smallest / span). With
-      single-GPU models (span 1) the bound is tight and the search hardly branches.
+    * a model's reach is the number of GPUs it sits on that still lack room and could get it.
+      While some model reaches two or more, branch on the widest: evict it, or keep it (and then
+      also keep every model it dominates, see ``_dominates``). Every optimum stays reachable.
+    * once every model reaches at most one such GPU the GPUs are independent: on one GPU the
+      fewest models freeing a deficit are the largest ones first (exact), and the best GPU set is
+      the one with the cheapest such counts. That leaf is solved outright.
+    * bounds: each GPU of the final set needs at least its largest-first count, so the count-th
+      smallest count bounds the answer; and charging a model 1/reach on each GPU it reaches, the
+      cheapest fractional cover of each GPU summed over the cheapest GPUs bounds it too (a model
+      is charged at most 1 in total). Both are exact when nothing is shared.
     """
     deficit = {gpu_id: problem.need_gb - free for gpu_id, free in problem.free.items()}
     for index in forced:
@@ -176,20 +177,20 @@ def _fewest_evictions(
         key=lambda index: (-problem.sizes[index], index),
     )
     on_gpu = {gpu_id: [i for i in pool if gpu_id in problem.spans[i]] for gpu_id in deficit}
-    best = limit - len(forced) + 1  # extra evictions of the best solution so far (sentinel)
+    best = limit - len(forced) + 1  # size of the best extra set so far (a sentinel at first)
+    best_extra: frozenset[int] = frozenset()
 
-    def greedy(gpu_id: int, left: float, out: frozenset[int]) -> int:
-        count = 0
+    def largest_first(gpu_id: int, left: float, out: frozenset[int]) -> list[int] | None:
+        picks = []
         for index in on_gpu[gpu_id]:
             if left <= EPSILON_GB:
                 break
             if index not in out:
                 left -= problem.sizes[index]
-                count += 1
-        return count if left <= EPSILON_GB else _NEVER
+                picks.append(index)
+        return picks if left <= EPSILON_GB else None
 
     def shared_cost(gpu_id: int, left: float, out: frozenset[int], reach: dict[int, int]) -> float:
-        """Least fractional cost of freeing ``left`` on the GPU when a model costs 1/reach."""
         cost = 0.0
         items = sorted(
             (i for i in on_gpu[gpu_id] if i not in out),
@@ -203,64 +204,54 @@ def _fewest_evictions(
             left -= part * problem.sizes[index]
         return cost
 
-    def search(
-        deficit: dict[int, float], depth: int, out: frozenset[int], banned_gpus: frozenset[int]
-    ) -> bool:
-        """``out``: models taken or excluded in this subtree. True stops the whole search."""
-        nonlocal best
-        needing = [gpu_id for gpu_id, left in deficit.items() if left > EPSILON_GB]
-        if len(deficit) - len(needing) >= problem.count:
-            best = depth
-            return first
-        lower = {
-            gpu_id: (_NEVER if gpu_id in banned_gpus else 0)
-            for gpu_id, left in deficit.items()
-            if left <= EPSILON_GB
-        }
-        for gpu_id in needing:
-            lower[gpu_id] = (
-                _NEVER if gpu_id in banned_gpus else greedy(gpu_id, deficit[gpu_id], out)
-            )
-        ranked = sorted(lower, key=lambda gpu_id: lower[gpu_id])[: problem.count]
-        if lower[ranked[-1]] >= _NEVER or depth + lower[ranked[-1]] >= best:
-            return False
-        open_gpus = {gpu_id for gpu_id in needing if lower[gpu_id] < _NEVER}
-        reach = {
-            i: len(open_gpus.intersection(problem.spans[i])) or 1 for i in pool if i not in out
-        }
-        costs = sorted(
-            shared_cost(gpu_id, deficit[gpu_id], out, reach) if gpu_id in open_gpus else 0.0
-            for gpu_id in lower
-            if lower[gpu_id] < _NEVER
-        )
-        if depth + math.ceil(sum(costs[: problem.count]) - 1e-9) >= best:
-            return False
-        pivot = min(open_gpus, key=lambda gpu_id: (lower[gpu_id], gpu_id))
-        excluded: list[int] = []
-        for index in on_gpu[pivot]:
-            if index in out or any(_dominates(problem, j, index, open_gpus) for j in excluded):
-                continue
-            after = dict(deficit)
-            for gpu_id in problem.spans[index]:
-                after[gpu_id] -= problem.sizes[index]
-            if search(after, depth + 1, out.union(excluded, (index,)), banned_gpus):
-                return True
-            excluded.append(index)
-            if depth + 1 >= best:
-                return False
-        return search(deficit, depth, out, banned_gpus | {pivot})
+    def found(extra: frozenset[int]) -> bool:
+        nonlocal best, best_extra
+        best, best_extra = len(extra), extra
+        return first
 
-    search(deficit, 0, frozenset(), frozenset())
+    def search(deficit: dict[int, float], taken: frozenset[int], out: frozenset[int]) -> bool:
+        """``out``: models taken or kept in this subtree. True stops the whole search."""
+        needing = [gpu_id for gpu_id, left in deficit.items() if left > EPSILON_GB]
+        missing = problem.count - (len(deficit) - len(needing))
+        if missing <= 0:
+            return found(taken)
+        picks = {}
+        for gpu_id in needing:
+            chosen = largest_first(gpu_id, deficit[gpu_id], out)
+            if chosen is not None:
+                picks[gpu_id] = chosen
+        cheapest = sorted(picks, key=lambda gpu_id: (len(picks[gpu_id]), gpu_id))[:missing]
+        if len(cheapest) < missing or len(taken) + len(picks[cheapest[-1]]) >= best:
+            return False
+        remaining = [i for i in pool if i not in out]
+        reach = {i: len(picks.keys() & set(problem.spans[i])) for i in remaining}
+        wide = [i for i in remaining if reach[i] >= 2]
+        if not wide:
+            extra = taken.union(*(picks[gpu_id] for gpu_id in cheapest))
+            return len(extra) < best and found(extra)
+        costs = sorted(shared_cost(gpu_id, deficit[gpu_id], out, reach) for gpu_id in picks)
+        if len(taken) + math.ceil(sum(costs[:missing]) - 1e-9) >= best:
+            return False
+        pick = max(wide, key=lambda i: (reach[i], problem.sizes[i], -i))
+        after = dict(deficit)
+        for gpu_id in problem.spans[pick]:
+            after[gpu_id] -= problem.sizes[pick]
+        if search(after, taken | {pick}, out | {pick}):
+            return True
+        kept = {i for i in remaining if _dominates(problem, pick, i, picks.keys())}
+        return search(deficit, taken, out | kept | {pick})
+
+    search(deficit, frozenset(), frozenset())
     if best > limit - len(forced):
         return None
-    return len(forced) + best
+    return forced | best_extra
 
 
-def _dominates(problem: _Problem, big: int, small: int, usable: set[int]) -> bool:
+def _dominates(problem: _Problem, big: int, small: int, usable: Set[int]) -> bool:
     """Whether evicting ``big`` frees at least what ``small`` frees on every usable GPU.
 
-    Then a solution evicting ``small`` but not ``big`` can swap them at the same count, so the
-    search never needs to branch on ``small`` once ``big`` was tried.
+    Then a solution evicting ``small`` but not ``big`` becomes one of the same size by swapping
+    them, so once the search keeps ``big`` it may keep ``small`` too.
     """
     return problem.sizes[big] >= problem.sizes[small] and usable.intersection(
         problem.spans[small]
@@ -341,37 +332,59 @@ def plan(
         sizes=tuple(model.vram_gb for model in evictable),
     )
     everyone = frozenset(range(len(evictable)))
-    for_memory = _fewest_evictions(problem, frozenset(), everyone, len(evictable), first=False)
-    if for_memory is None:
+    fewest = _fewest_evictions(problem, frozenset(), everyone, len(evictable), first=False)
+    if fewest is None:
         holders = _names([m for m in busy if candidate_ids.intersection(m.gpu_ids)])
         return NoRoom(
             holders,
             f"no room for {_needs_text(need)}: memory held by busy models {', '.join(holders)}",
         )
-    total = max(over, for_memory)
+    total = max(over, len(fewest))
     if total > len(evictable):
         assert max_loaded is not None
         return _count_no_room(need, busy, max_loaded)
     if total == 0:
         return Place(_best_fit(problem, (), need.gpu_count))
-
-    # Spare models from the most recently used down: drop one from the candidates whenever an
-    # eviction set of the same size still exists without it, otherwise it must go. This yields
-    # the set whose members, compared from most to least recent, are the least recent.
-    # A memory-valid set smaller than `total` can always be padded with any other allowed model
-    # (evicting more never hurts memory), so "exists within the size" is the whole question.
-    forced: frozenset[int] = frozenset()
-    allowed = everyone
-    for index in reversed(range(len(evictable))):
-        without = allowed - {index}
-        if len(without) >= total and (
-            _fewest_evictions(problem, forced, without, total, first=True) is not None
-        ):
-            allowed = without
-        else:
-            forced = forced | {index}
-    chosen = sorted(forced)
+    chosen = sorted(_spare_recent(problem, fewest, total))
     return EvictThenPlace(
         tuple(evictable[index].name for index in chosen),
         _best_fit(problem, chosen, need.gpu_count),
     )
+
+
+def _padded(evictions: frozenset[int], allowed: frozenset[int], total: int) -> frozenset[int]:
+    """Grow a memory-valid eviction set to ``total`` with the least recently used allowed models.
+
+    Evicting more never takes memory away, so the result stays valid.
+    """
+    spare = sorted(allowed - evictions)[: total - len(evictions)]
+    return evictions.union(spare)
+
+
+def _spare_recent(problem: _Problem, fewest: frozenset[int], total: int) -> frozenset[int]:
+    """Among eviction sets of ``total`` models that make room, the one sparing recent models.
+
+    Indexes are in LRU order. From the most recently used model down, keep a model out of the
+    set whenever a valid set of ``total`` still exists without it, otherwise it must go: this
+    gives the set whose members, compared from most to least recent, are the least recent.
+    A known valid set (the witness) answers most of those questions without a search: when it
+    does not contain the model, it is itself a valid set without it.
+    """
+    forced: frozenset[int] = frozenset()
+    allowed = frozenset(range(len(problem.sizes)))
+    witness = _padded(fewest, allowed, total)
+    for index in reversed(range(len(problem.sizes))):
+        without = allowed - {index}
+        if index not in witness:
+            allowed = without
+            continue
+        other = None
+        if len(without) >= total:
+            other = _fewest_evictions(problem, forced, without, total, first=True)
+        if other is None:
+            forced = forced | {index}
+        else:
+            allowed = without
+            witness = _padded(other, without, total)
+    # Every model was either dropped from `allowed` or forced, so the witness is `forced`.
+    return forced

@@ -113,3 +113,41 @@ async def test_dashboard_follows_load_and_unload(
     await expect(coder.locator('[data-field="in_flight"]')).to_have_text("0 / 16")
     await screenshot(page, "dashboard-after-unload.png")
     assert errors == []
+
+
+async def test_dashboard_asks_for_an_admin_key(
+    page_and_errors: tuple[Any, list[str]], gateway: Callable[..., GatewayProc]
+) -> None:
+    """With protect_status on, any key lets the page read; only an admin key loads."""
+    from playwright.async_api import expect
+
+    page, errors = page_and_errors
+    auth = {"protect_status": True, "keys": [
+        {"name": "ops", "key_env": "DASH_ADMIN_KEY", "admin": True},
+        {"name": "app", "key_env": "DASH_USER_KEY"},
+    ]}
+    keys = {"DASH_ADMIN_KEY": "admin-secret-1", "DASH_USER_KEY": "user-secret-1"}
+    gw = await asyncio.to_thread(
+        gateway, {"embed": fake_model(4)}, gpus=GPUS, auth=auth, env=keys
+    )
+    await page.goto(gw.url + "/gateway/ui")
+    dialog = page.locator("#key-dialog")
+    await expect(dialog).to_be_visible(timeout=UI_TIMEOUT_MS)
+    await expect(page.locator("#live")).to_have_attribute("data-live", "locked")
+
+    await page.locator("#key-input").fill(keys["DASH_USER_KEY"])
+    await page.locator("#key-save").click()
+    row = page.locator('tr[data-model="embed"]')
+    await expect(row.locator('[data-field="state"]')).to_have_text("stopped", timeout=UI_TIMEOUT_MS)
+    await expect(dialog).to_be_hidden()
+
+    await row.locator('button[data-action="load"]').click()
+    await expect(dialog).to_be_visible(timeout=UI_TIMEOUT_MS)
+    await expect(page.locator("#key-error")).to_contain_text("HTTP 403")
+    await page.locator("#key-input").fill(keys["DASH_ADMIN_KEY"])
+    await page.locator("#key-save").click()
+    await expect(row.locator('[data-field="state"]')).to_have_text("ready", timeout=UI_TIMEOUT_MS)
+    await expect(dialog).to_be_hidden()
+    stored = await page.evaluate("sessionStorage.getItem('vllm-gateway.admin-key')")
+    assert stored == keys["DASH_ADMIN_KEY"]
+    assert errors == []
