@@ -19,8 +19,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install . \
-    && find /opt/venv -name '__pycache__' -prune -o -name '*.pyc' -delete
+    && /opt/venv/bin/pip install .
 
 FROM python:${PYTHON_VERSION}-slim
 # A fixed, unprivileged uid: the Docker socket is reached through its group

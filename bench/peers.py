@@ -54,6 +54,8 @@ class Endpoint:
 
 
 def _http_ready(url: str, child: Child, timeout_s: float) -> None:
+    # No proxy from the environment: every request of the benchmark stays on loopback.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if child.popen.poll() is not None:
@@ -62,7 +64,7 @@ def _http_ready(url: str, child: Child, timeout_s: float) -> None:
                 f"{child.log_tail()}"
             )
         try:
-            with urllib.request.urlopen(url, timeout=2.0) as resp:
+            with opener.open(url, timeout=2.0) as resp:
                 if resp.status == 200:
                     return
         except (urllib.error.URLError, OSError):
@@ -263,6 +265,9 @@ class LiteLLM:
             "LITELLM_LOG": "ERROR",
             "DISABLE_ADMIN_UI": "True",
             "NO_DOCS": "True",
+            # Its HTTP client honours proxy variables; the upstream is on loopback.
+            "NO_PROXY": LOOPBACK,
+            "no_proxy": LOOPBACK,
         }
         argv = [str(venv / "bin" / "litellm"), "--config", str(config)]
         argv += ["--host", LOOPBACK, "--port", str(port), "--num_workers", "1"]

@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -115,7 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     print(f"[bench] peers: {', '.join(settings.only)}; CPUs: {placement.note}", flush=True)
     machine = machine_info()
+    busy = os.getloadavg()[0]
+    if busy > 0.5 * len(available_cpus()):
+        print(f"[bench] note: the machine is busy (load {busy:.1f}): expect noisy figures")
+    clock = time.monotonic()
     results = run_all(settings, placement)
+    elapsed_s = time.monotonic() - clock
+    machine["load_average_end"] = os.getloadavg()
     report.add_derived(results)
     targets = report.evaluate_targets(results)
     print()
@@ -125,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     document: dict[str, object] = {
         "benchmark": "proxy",
         "started": started,
+        "elapsed_s": round(elapsed_s, 1),
         "settings": settings_json(settings),
         "machine": machine,
         "placement": placement.as_json(),
@@ -133,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "targets": targets,
     }
     path = write_json(document, settings.out_dir, settings.smoke)
-    print(f"\n[bench] wrote {path}")
+    print(f"\n[bench] {elapsed_s:.0f} s; wrote {path}")
     return 1 if any(result.status == "failed" for result in results.values()) else 0
 
 

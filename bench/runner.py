@@ -44,13 +44,14 @@ class Settings:
 
 def settings_json(settings: Settings) -> dict[str, object]:
     """The settings of a run, with the fixed shape of its load, as recorded in the JSON."""
+    recorded = {key: value for key, value in asdict(settings).items() if key != "out_dir"}
     return {
-        **asdict(settings),
+        **recorded,
         "plain_tokens": PLAIN_TOKENS,
         "stream_tokens": STREAM_TOKENS,
         "plain_concurrency": PLAIN_CONCURRENCY,
         "stream_concurrency": STREAM_CONCURRENCY,
-        "upstream_command": upstream_argv(0, settings.token_delay_s)[1:],
+        "upstream_command": upstream_argv("{port}", settings.token_delay_s)[1:],
     }
 
 
@@ -68,8 +69,8 @@ def backend_argv(port: str, name: str) -> list[str]:
     ]
 
 
-def upstream_argv(port: int, token_delay_s: float) -> list[str]:
-    return backend_argv(str(port), MODEL) + [
+def upstream_argv(port: str, token_delay_s: float) -> list[str]:
+    return backend_argv(port, MODEL) + [
         "--token-delay",
         str(token_delay_s),
         "--tokens",
@@ -164,7 +165,14 @@ def measure(
         figures["cpu_s_per_1k_req"] = cpu_plain / good * 1e3
         figures["cpu_ms_per_stream"] = cpu_stream / streams * 1e3
         figures["rss_peak_mb"] = sampler.peak_bytes / 2**20
-    result.raw = {"wrk_c1": asdict(single), "wrk_c64": asdict(loaded), "stream_c32": streamed}
+    result.raw = {
+        "wrk_c1": asdict(single),
+        "wrk_c64": asdict(loaded),
+        "stream_c32": streamed,
+        # CPU seconds over each phase's wall time tells a CPU-bound proxy from a starved one.
+        "proxy_cpu_s_c64": cpu_plain if pid is not None else None,
+        "proxy_cpu_s_stream": cpu_stream if pid is not None else None,
+    }
     return result
 
 
@@ -205,7 +213,7 @@ def run_all(settings: Settings, placement: Placement) -> dict[str, PeerResult]:
     with tempfile.TemporaryDirectory(prefix="bench-proxy-") as tmp, Processes(Path(tmp)) as procs:
         port = free_port()
         upstream = procs.spawn(
-            "upstream", upstream_argv(port, settings.token_delay_s), cpus=placement.upstream
+            "upstream", upstream_argv(str(port), settings.token_delay_s), cpus=placement.upstream
         )
         wait_port(upstream, port, 60.0)
         ctx = Context(procs, Path(tmp), REPO_ROOT, port, placement.proxy, backend_argv)

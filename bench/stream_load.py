@@ -153,11 +153,12 @@ def run_process(
     argv += ["--max-tokens", str(max_tokens)]
     for key, value in headers.items():
         argv += ["--header", f"{key}: {value}"]
+    paths = [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]
     done = subprocess.run(
         pinned(argv, cpus),
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))},
         timeout=duration_s + 120,
         check=False,
     )

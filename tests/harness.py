@@ -119,9 +119,9 @@ def write_config(path: Path, models: dict[str, Any], **top: Any) -> Path:
 
 def start_gateway(tmp_path: Path, models: dict[str, Any], *, env: dict[str, str] | None = None,
                   args: list[str] | None = None, wait: bool = True, **top: Any) -> GatewayProc:
-    port = free_port()
-    top.setdefault("server", {})
-    top["server"] = {"host": "127.0.0.1", "port": port, "shutdown_timeout_s": 10, **top["server"]}
+    top["server"] = {"host": "127.0.0.1", "port": free_port(), "shutdown_timeout_s": 10,
+                     **top.get("server", {})}
+    port = int(top["server"]["port"])
     top.setdefault("state_dir", str(tmp_path / "state"))
     config = write_config(tmp_path / f"gateway-{port}.yaml", models, **top)
     log_path = tmp_path / f"gateway-{port}.log"

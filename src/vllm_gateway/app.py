@@ -118,6 +118,9 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
                          request.method, request.path)
     sink = ResponseSink(request, ctx)
     model_label = ""
+    task = asyncio.current_task()
+    if task is not None:
+        gateway.active.add(task)
     try:
         if not gateway.accepting:
             raise BackendUnavailable("the gateway is shutting down")
@@ -163,15 +166,21 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
             ctx.status = err.status
             return error_response(err, ctx.request_id)
     except asyncio.CancelledError:
-        if gateway.shutting_down and sink.prepared:
-            ctx.error = "cancelled by gateway shutdown"
-            await sink.abort(BackendUnavailable("the gateway shut down before the answer finished"))
-        ctx.status = ctx.status if gateway.shutting_down and ctx.status else CLIENT_CLOSED
-        ctx.error = ctx.error or "client disconnected"
-        raise
+        if not gateway.shutting_down:
+            ctx.status, ctx.error = CLIENT_CLOSED, "client disconnected"
+            raise
+        # Cancelled by the shutdown deadline: the client is still there, tell it why.
+        err = BackendUnavailable("the gateway shut down before the answer finished")
+        ctx.error = err.message
+        if not sink.prepared:
+            ctx.status = err.status
+            return error_response(err, ctx.request_id)
+        await sink.abort(err)
     except (ConnectionResetError, ConnectionError):
         ctx.status, ctx.error = CLIENT_CLOSED, "client disconnected"
     finally:
+        if task is not None:
+            gateway.active.discard(task)
         _account(gateway, ctx, model_label)
     assert sink.response is not None
     return sink.response

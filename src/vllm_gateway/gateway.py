@@ -58,6 +58,8 @@ class Gateway:
         self._manager: Manager | None = None
         self._proxy: Proxy | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # Requests being proxied, so shutdown can cancel what outlives its deadline.
+        self.active: set[asyncio.Task[Any]] = set()
         self.instance_id = hashlib.sha1(
             f"{config.server.host}:{config.server.port}".encode()).hexdigest()[:12]
 
@@ -87,7 +89,8 @@ class Gateway:
         if self._launchers_override is not None:
             return dict(self._launchers_override)
         state_dir = Path(self.config.state_dir) if self.config.state_dir else default_state_dir()
-        records = GroupRecords(state_dir / f"pgroups-{self.config.server.port}.json")
+        records = GroupRecords(state_dir / f"pgroups-{self.config.server.port}.json",
+                               self.config.faults.stop_grace_s)
         launchers: dict[str, Launcher] = {"subprocess": SubprocessLauncher(records)}
         if any(m.launcher == "docker" for m in self.config.models.values()):
             from .launchers.docker import DockerLauncher
@@ -124,12 +127,21 @@ class Gateway:
         await self.manager.preload_pinned()
 
     async def begin_shutdown(self) -> None:
-        """Stop accepting: readiness fails and models no longer start."""
+        """Stop accepting: readiness fails and models no longer start. Requests in flight
+        get ``server.shutdown_timeout_s`` to finish; the rest are then cancelled."""
         self.accepting = False
         self.shutting_down = True
         if self._manager is not None:
             self._manager.closing = True
             self._manager.changes.notify()
+        self._tasks.append(asyncio.create_task(self._cancel_after_deadline()))
+
+    async def _cancel_after_deadline(self) -> None:
+        deadline = time.monotonic() + self.config.server.shutdown_timeout_s
+        while self.active and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for task in list(self.active):
+            task.cancel()
 
     async def close(self) -> None:
         self.shutting_down = True

@@ -19,7 +19,7 @@ What a decision optimises, in order:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -191,13 +191,15 @@ def _fewest_evictions(
         return picks if left <= EPSILON_GB else None
 
     def shared_cost(gpu_id: int, left: float, out: frozenset[int], reach: dict[int, int]) -> float:
+        # Fits once at most EPSILON_GB is left; asking for more would overstate the bound.
+        left -= EPSILON_GB
         cost = 0.0
         items = sorted(
             (i for i in on_gpu[gpu_id] if i not in out),
             key=lambda i: -problem.sizes[i] * reach[i],
         )
         for index in items:
-            if left <= EPSILON_GB:
+            if left <= 0:
                 break
             part = min(1.0, left / problem.sizes[index])
             cost += part / reach[index]
@@ -223,8 +225,9 @@ def _fewest_evictions(
         cheapest = sorted(picks, key=lambda gpu_id: (len(picks[gpu_id]), gpu_id))[:missing]
         if len(cheapest) < missing or len(taken) + len(picks[cheapest[-1]]) >= best:
             return False
+        open_gpus = set(picks)
         remaining = [i for i in pool if i not in out]
-        reach = {i: len(picks.keys() & set(problem.spans[i])) for i in remaining}
+        reach = {i: len(open_gpus.intersection(problem.spans[i])) for i in remaining}
         wide = [i for i in remaining if reach[i] >= 2]
         if not wide:
             extra = taken.union(*(picks[gpu_id] for gpu_id in cheapest))
@@ -238,8 +241,8 @@ def _fewest_evictions(
             after[gpu_id] -= problem.sizes[pick]
         if search(after, taken | {pick}, out | {pick}):
             return True
-        kept = {i for i in remaining if _dominates(problem, pick, i, picks.keys())}
-        return search(deficit, taken, out | kept | {pick})
+        kept = {i for i in remaining if _dominates(problem, pick, i, open_gpus)}
+        return False
 
     search(deficit, frozenset(), frozenset())
     if best > limit - len(forced):
@@ -247,7 +250,7 @@ def _fewest_evictions(
     return forced | best_extra
 
 
-def _dominates(problem: _Problem, big: int, small: int, usable: Set[int]) -> bool:
+def _dominates(problem: _Problem, big: int, small: int, usable: set[int]) -> bool:
     """Whether evicting ``big`` frees at least what ``small`` frees on every usable GPU.
 
     Then a solution evicting ``small`` but not ``big`` becomes one of the same size by swapping
@@ -282,8 +285,8 @@ def _count_no_room(need: Need, busy: Sequence[Loaded], max_loaded: int) -> NoRoo
     holders = _names(busy)
     return NoRoom(
         holders,
-        f"no room for {_needs_text(need)}: max_loaded={max_loaded} models are loaded "
-        f"and busy models hold the slots: {', '.join(holders)}",
+        f"no room for {_needs_text(need)}: max_loaded={max_loaded} slots held by busy models "
+        f"{', '.join(holders)}",
     )
 
 

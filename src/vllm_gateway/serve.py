@@ -21,7 +21,9 @@ async def run_gateway(config: GatewayConfig, *, banner: str | None = None, nvml:
     app = create_app(config, nvml=nvml)
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
                            handler_cancellation=True,
-                           shutdown_timeout=config.server.shutdown_timeout_s)
+                           # The gateway cancels requests at its own deadline and writes them
+                           # a clear error; aiohttp's own deadline only backs it up.
+                           shutdown_timeout=config.server.shutdown_timeout_s + 5)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -31,8 +31,9 @@ def _create_time(pid: int) -> float | None:
 
 
 class GroupRecords:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, grace_s: float = 10.0) -> None:
         self._path = path
+        self._grace_s = grace_s
         self._me = {"pid": os.getpid(), "created": _create_time(os.getpid())}
 
     def _read(self) -> list[dict[str, Any]]:
@@ -78,7 +79,7 @@ class GroupRecords:
             # With the leader gone, the kernel keeps the pgid reserved while any member lives,
             # so whatever still answers to it is the orphaned rest of that server.
             log.warning("stopping leftover process group %d of model %s", pgid, entry.get("model"))
-            _terminate_group(pgid)
+            _terminate_group(pgid, self._grace_s)
             killed.append(f"{entry.get('model')} (pgid {pgid})")
         self._write(keep)
         return killed

@@ -1,0 +1,1 @@
+"""vllm-gateway: one OpenAI-compatible endpoint in front of many vLLM servers."""

@@ -1,0 +1,176 @@
+"""Faults survived: crash loops with backoff, deaths and hangs noticed without traffic,
+no orphans even when the gateway is SIGKILLed, shutdown that drains then cancels."""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+import threading
+
+import httpx
+import psutil
+
+from harness import PY, chat, fake_command, start_gateway, wait_until
+
+FAST_FAULTS = {"start_backoff_s": 1, "start_backoff_max_s": 30, "max_failed_starts": 2,
+               "health_interval_s": 0.3, "unhealthy_probes": 2, "stop_grace_s": 3}
+
+
+def starts(gw, model: str) -> float:
+    for line in httpx.get(gw.url + "/metrics").text.splitlines():
+        if line.startswith(f'vllm_gateway_model_starts_total{{model="{model}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_crash_loop_backs_off_then_holds_until_load(gateway) -> None:
+    gw = gateway({"broken": {"command": fake_command("--fail-start", startup_delay=0.1)},
+                  "fine": {"command": fake_command()}}, faults=FAST_FAULTS)
+    post = lambda name: httpx.post(gw.url + "/v1/chat/completions", json=chat(name), timeout=30)
+    r = post("broken")
+    assert r.status_code == 503 and "CUDA out of memory" in r.text
+    # During the backoff: 503 at once, with the last lines and when the next try will be.
+    r = post("broken")
+    assert r.status_code == 503
+    assert "next try in" in r.json()["error"]["message"]
+    assert "CUDA out of memory" in r.json()["error"]["message"]
+    assert int(r.headers["Retry-After"]) >= 1
+    assert starts(gw, "broken") == 1
+    # Other models are never affected.
+    assert post("fine").status_code == 200
+    # After the backoff the next request tries again.
+    wait_until(lambda: (gw.model("broken")["retry_in_s"] or 0) == 0, 5, what="backoff to pass")
+    assert post("broken").status_code == 503
+    assert starts(gw, "broken") == 2
+    # Two failures in a row: held failed with the long backoff...
+    held = gw.model("broken")
+    assert held["state"] == "failed" and held["retry_in_s"] > 10
+    assert post("broken").status_code == 503 and starts(gw, "broken") == 2
+    # ...until an operator asks for a load, which tries at once.
+    r = httpx.post(gw.url + "/gateway/models/broken/load", timeout=30)
+    assert r.status_code == 503
+    assert starts(gw, "broken") == 3
+
+
+def test_death_while_idle_is_noticed_without_traffic(gateway) -> None:
+    gw = gateway({"victim": {"command": fake_command()}}, faults=FAST_FAULTS)
+    assert httpx.post(gw.url + "/v1/chat/completions", json=chat("victim"), timeout=30).status_code == 200
+    pid = gw.model("victim")["pid"]
+    group = [p for p in psutil.process_iter() if _pgid(p.pid) == pid]
+    assert len(group) == 2  # the server and its worker
+    os.kill(pid, signal.SIGKILL)  # the worker survives this, as vLLM's do
+    failed = gw.wait_state("victim", "failed", timeout=10)
+    assert "exited" in failed["error"]
+    # Its memory is released only once every process of the group is gone.
+    _, alive = psutil.wait_procs(group, timeout=15)
+    assert not alive
+    wait_until(lambda: gw.model("victim")["gpus"] == [], 10, what="placement released")
+    r = httpx.post(gw.url + "/v1/chat/completions", json=chat("victim"), timeout=30)
+    assert r.status_code == 200
+    assert gw.model("victim")["pid"] != pid
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def test_hung_backend_is_restarted(gateway) -> None:
+    gw = gateway({"hangs": {"command": fake_command()}}, faults=FAST_FAULTS)
+    assert httpx.post(gw.url + "/v1/chat/completions", json=chat("hangs"), timeout=30).status_code == 200
+    before = gw.model("hangs")
+    httpx.post(f"http://127.0.0.1:{before['port']}/fake/hang", timeout=5)
+    wait_until(lambda: gw.model("hangs")["state"] in ("stopping", "stopped"), 15,
+               what="the hung backend to be stopped")
+    events = httpx.get(gw.url + "/gateway/events").json()["events"]
+    assert any(e["kind"] == "unhealthy" for e in events)
+    assert httpx.post(gw.url + "/v1/chat/completions", json=chat("hangs"), timeout=30).status_code == 200
+    assert gw.model("hangs")["pid"] != before["pid"]
+
+
+def test_sigkill_of_the_gateway_takes_model_processes_down(gateway) -> None:
+    gw = gateway({"a": {"command": fake_command()}, "b": {"command": fake_command()}})
+    for name in ("a", "b"):
+        assert httpx.post(gw.url + "/v1/chat/completions", json=chat(name), timeout=30).status_code == 200
+    procs = [psutil.Process(p) for p in gw.model_pids()]
+    assert len(procs) == 4
+    gw.proc.kill()
+    gw.proc.wait(10)
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    assert not alive, f"left behind: {alive}"
+
+
+STUBBORN = textwrap.dedent("""
+    import http.server, signal, sys
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200); self.end_headers()
+        def log_message(self, *a):
+            pass
+    print("Application startup complete.", flush=True)
+    http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+""")
+
+
+def test_restart_cleans_recorded_leftovers(tmp_path) -> None:
+    models = {"stubborn": {"command": [PY, "-c", STUBBORN, "{port}"]}}
+    gw = start_gateway(tmp_path, models, faults=FAST_FAULTS)
+    try:
+        assert httpx.post(gw.url + "/gateway/models/stubborn/load", timeout=30).status_code == 200
+        pid = gw.model("stubborn")["pid"]
+        gw.proc.kill()  # SIGTERM from the parent-death signal is ignored by this server
+        gw.proc.wait(10)
+        assert psutil.pid_exists(pid)
+        # A new gateway on the same port and state dir stops what the dead one left.
+        config = gw.config_path.read_text()
+        gw2 = start_gateway(tmp_path, models, faults=FAST_FAULTS,
+                            server={"port": gw.port}, wait=True)
+        try:
+            wait_until(lambda: not psutil.pid_exists(pid) or
+                       psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 20,
+                       what="the leftover server to be stopped")
+            events = httpx.get(gw2.url + "/gateway/events").json()["events"]
+            assert any(e["kind"] == "cleanup" for e in events), config
+        finally:
+            gw2.stop()
+    finally:
+        gw.stop()
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def test_shutdown_drains_then_cancels(gateway) -> None:
+    models = {"quick": {"command": fake_command("--token-delay", "0.05")},
+              "endless": {"command": fake_command("--token-delay", "0.2", "--tokens", "1000")}}
+    gw = gateway(models, server={"shutdown_timeout_s": 2})
+    results: dict[str, object] = {}
+
+    def quick() -> None:
+        results["quick"] = httpx.post(gw.url + "/v1/chat/completions",
+                                      json=chat("quick", max_tokens=15), timeout=30)
+
+    def endless() -> None:
+        with httpx.stream("POST", gw.url + "/v1/chat/completions",
+                          json=chat("endless", stream=True), timeout=30) as r:
+            results["endless"] = r.read().decode()
+
+    for name in ("quick", "endless"):
+        httpx.post(gw.url + "/gateway/models/%s/load" % name, timeout=30)
+    threads = [threading.Thread(target=quick), threading.Thread(target=endless)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: all(gw.model(n)["in_flight"] == 1 for n in ("quick", "endless")), 10,
+               what="both requests in flight")
+    gw.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(30)
+    assert results["quick"].status_code == 200  # finished within the deadline
+    # The endless stream was cut at the deadline with a clear error.
+    assert "shut down" in results["endless"]
+    assert gw.proc.wait(30) == 0
