@@ -6,6 +6,10 @@ backend's own start-up). Through the gateway: from sending a request for the
 stopped model to the first byte of the answer. The difference is what the
 gateway adds: noticing the port is open, routing, and proxying the first
 response of a freshly started server.
+
+Start-up time moves with the machine's load, so the two are measured in pairs,
+one right after the other (in alternating order), and the overhead is the
+median of the differences within pairs.
 """
 
 from __future__ import annotations
@@ -34,14 +38,12 @@ class SwapResult:
     gateway_first_byte_ms: list[float]
 
     def figures(self) -> dict[str, float | None]:
-        start = median(self.backend_start_ms)
-        through = median(self.gateway_first_byte_ms)
-        overhead = None if start is None or through is None else through - start
+        pairs = zip(self.gateway_first_byte_ms, self.backend_start_ms, strict=True)
         return {
-            "swap_backend_start_ms": start,
+            "swap_backend_start_ms": median(self.backend_start_ms),
             "swap_backend_first_byte_ms": median(self.backend_first_byte_ms),
-            "swap_first_byte_ms": through,
-            "swap_overhead_ms": overhead,
+            "swap_first_byte_ms": median(self.gateway_first_byte_ms),
+            "swap_overhead_ms": median([through - start for through, start in pairs]),
         }
 
 
@@ -66,23 +68,19 @@ def backend_alone(
     procs: Processes,
     backend_argv: Callable[[str, str], list[str]],
     cpus: Sequence[int] | None,
-    repeats: int,
-) -> tuple[list[float], list[float]]:
-    """Start-up (spawn to port open) and first-byte times of the backend with no gateway."""
-    starts: list[float] = []
-    first_bytes: list[float] = []
-    for index in range(repeats):
-        port = free_port()
-        spawned = time.perf_counter()
-        child = procs.spawn(f"swap-backend-{index}", backend_argv(str(port), SWAP_MODEL), cpus=cpus)
-        try:
-            wait_port(child, port, STOP_TIMEOUT_S)
-            starts.append((time.perf_counter() - spawned) * 1e3)
-            url = f"http://{LOOPBACK}:{port}/v1/chat/completions"
-            first_bytes.append(asyncio.run(first_byte_s(url, {}, STOP_TIMEOUT_S)) * 1e3)
-        finally:
-            procs.stop(child)
-    return starts, first_bytes
+) -> tuple[float, float]:
+    """Start-up (spawn to port open) and first-byte time, in ms, of the backend alone."""
+    port = free_port()
+    spawned = time.perf_counter()
+    child = procs.spawn("swap-backend", backend_argv(str(port), SWAP_MODEL), cpus=cpus)
+    try:
+        wait_port(child, port, STOP_TIMEOUT_S)
+        start_ms = (time.perf_counter() - spawned) * 1e3
+        url = f"http://{LOOPBACK}:{port}/v1/chat/completions"
+        first_ms = asyncio.run(first_byte_s(url, {}, STOP_TIMEOUT_S)) * 1e3
+    finally:
+        procs.stop(child)
+    return start_ms, first_ms
 
 
 def _backends_under(pid: int) -> list[psutil.Process]:
@@ -116,18 +114,16 @@ def wait_stopped(pid: int, timeout_s: float) -> None:
         time.sleep(0.02)
 
 
-def through_gateway(endpoint: Endpoint, repeats: int) -> list[float]:
-    """First-byte times of requests that each find the swap model stopped."""
+def through_gateway(endpoint: Endpoint) -> float:
+    """First-byte time, in ms, of a request that finds the swap model stopped."""
     assert endpoint.child is not None
-    url = f"{endpoint.base_url}/v1/chat/completions"
-    times: list[float] = []
-    for _ in range(repeats):
-        asyncio.run(_unload(endpoint))
-        wait_stopped(endpoint.child.pid, STOP_TIMEOUT_S)
-        times.append(asyncio.run(first_byte_s(url, endpoint.headers, STOP_TIMEOUT_S)) * 1e3)
     asyncio.run(_unload(endpoint))
     wait_stopped(endpoint.child.pid, STOP_TIMEOUT_S)
-    return times
+    url = f"{endpoint.base_url}/v1/chat/completions"
+    first_ms = asyncio.run(first_byte_s(url, endpoint.headers, STOP_TIMEOUT_S)) * 1e3
+    asyncio.run(_unload(endpoint))
+    wait_stopped(endpoint.child.pid, STOP_TIMEOUT_S)
+    return first_ms
 
 
 def measure(
@@ -137,5 +133,15 @@ def measure(
     cpus: Sequence[int] | None,
     repeats: int,
 ) -> SwapResult:
-    starts, direct_first = backend_alone(procs, backend_argv, cpus, repeats)
-    return SwapResult(starts, direct_first, through_gateway(endpoint, repeats))
+    starts: list[float] = []
+    direct_first: list[float] = []
+    through: list[float] = []
+    for index in range(repeats):
+        if index % 2:
+            through.append(through_gateway(endpoint))
+        start_ms, first_ms = backend_alone(procs, backend_argv, cpus)
+        starts.append(start_ms)
+        direct_first.append(first_ms)
+        if not index % 2:
+            through.append(through_gateway(endpoint))
+    return SwapResult(starts, direct_first, through)

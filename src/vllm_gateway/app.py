@@ -170,12 +170,12 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
             ctx.status, ctx.error = CLIENT_CLOSED, "client disconnected"
             raise
         # Cancelled by the shutdown deadline: the client is still there, tell it why.
-        err = BackendUnavailable("the gateway shut down before the answer finished")
-        ctx.error = err.message
+        shut = BackendUnavailable("the gateway shut down before the answer finished")
+        ctx.error = shut.message
         if not sink.prepared:
-            ctx.status = err.status
-            return error_response(err, ctx.request_id)
-        await sink.abort(err)
+            ctx.status = shut.status
+            return error_response(shut, ctx.request_id)
+        await sink.abort(shut)
     except (ConnectionResetError, ConnectionError):
         ctx.status, ctx.error = CLIENT_CLOSED, "client disconnected"
     finally:

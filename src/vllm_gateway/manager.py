@@ -233,7 +233,9 @@ class Manager:
     async def _start_failed(self, inst: Instance, exc: Exception) -> GatewayError:
         lines = inst.last_lines(20)
         inst.failed_starts += 1
-        inst.last_error = str(exc)
+        # The last line a server printed is usually its reason (e.g. CUDA out of memory).
+        reason = next((line.strip() for line in reversed(lines) if line.strip()), "")
+        inst.last_error = f"{exc}: {reason}" if reason else str(exc)
         inst.starting_since = None
         inst.life.move(State.FAILED)
         await self._release(inst, State.FAILED)
