@@ -9,7 +9,6 @@ from typing import Any, TypeVar
 
 import aiohttp
 import httpx
-
 from harness import GatewayProc, chat
 
 T = TypeVar("T")
@@ -49,12 +48,15 @@ async def backend_stats(port: int) -> dict[str, Any]:
         return doc
 
 
+async def metrics_text(gw: GatewayProc) -> str:
+    async with httpx.AsyncClient(timeout=10) as c:
+        return (await c.get(gw.url + "/metrics")).text
+
+
 async def gauges(gw: GatewayProc, name: str) -> tuple[float, float]:
     """(in_flight, queued) of a model as /metrics shows them."""
-    async with httpx.AsyncClient(timeout=10) as c:
-        text = (await c.get(gw.url + "/metrics")).text
     found: dict[str, float] = {}
-    for line in text.splitlines():
+    for line in (await metrics_text(gw)).splitlines():
         for metric in ("vllm_gateway_requests_in_flight", "vllm_gateway_requests_queued"):
             if line.startswith(f'{metric}{{model="{name}"}} '):
                 found[metric] = float(line.rsplit(" ", 1)[1])

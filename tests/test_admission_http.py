@@ -10,10 +10,20 @@ from collections import Counter
 from typing import Any
 
 import httpx
-
-from admission_http_helpers import (UNHANDLED, assert_full_concurrency, backend_stats, cancel,
-                                    gauges, hold, model_status, read_all, session, wait_counts,
-                                    wait_for)
+from admission_http_helpers import (
+    UNHANDLED,
+    assert_full_concurrency,
+    backend_stats,
+    cancel,
+    gauges,
+    hold,
+    metrics_text,
+    model_status,
+    read_all,
+    session,
+    wait_counts,
+    wait_for,
+)
 from harness import chat, fake_command
 
 STORM = 240
@@ -64,7 +74,7 @@ async def test_full_queue_is_429_with_retry_after_and_the_limits(gateway: Any) -
     for needle in ("tight", "max_concurrent 1", "max_queue 2"):
         assert needle in error["message"]
     await wait_counts(gw, "tight", 0, 0)
-    metrics = httpx.get(gw.url + "/metrics").text
+    metrics = await metrics_text(gw)
     assert 'vllm_gateway_requests_total{code="429",model="tight"} 1.0' in metrics
 
 
@@ -195,6 +205,11 @@ async def test_storm_of_cancelled_streams_leaves_exact_counters(gateway: Any) ->
 
     await wait_counts(gw, "storm", 0, 0)
     assert await gauges(gw, "storm") == (0.0, 0.0)
+    # Each request that reached the gateway is accounted once, under what the client saw
+    # (or 499 when it left first).
+    answered = _answered(await metrics_text(gw), "storm")
+    assert sum(answered.values()) <= STORM and answered["499"] >= 1, answered
+    assert answered["200"] >= outcomes["200"] and answered["429"] >= outcomes["429"], answered
     port = (await model_status(gw, "storm"))["port"]
 
     async def backend_idle() -> dict[str, Any] | None:
@@ -205,3 +220,13 @@ async def test_storm_of_cancelled_streams_leaves_exact_counters(gateway: Any) ->
     await assert_full_concurrency(gw, "storm", STORM_SLOTS)
     log = gw.log()
     assert not [w for w in UNHANDLED if w in log], log[-4000:]
+
+
+def _answered(metrics: str, model: str) -> Counter[str]:
+    """vllm_gateway_requests_total of one model, by status code."""
+    found: Counter[str] = Counter()
+    for line in metrics.splitlines():
+        if line.startswith("vllm_gateway_requests_total{") and f'model="{model}"' in line:
+            code = line.split('code="', 1)[1].split('"', 1)[0]
+            found[code] += int(float(line.rsplit(" ", 1)[1]))
+    return found

@@ -12,8 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-from admission_http_helpers import UNHANDLED, backend_stats, model_status, wait_counts, wait_for
+from admission_http_helpers import (
+    UNHANDLED,
+    backend_stats,
+    metrics_text,
+    model_status,
+    wait_counts,
+    wait_for,
+)
 from harness import chat, fake_command, free_port, sse_events
 from procutil import fake_backend_cmd, kill_group, wait_port_blocking
 
@@ -78,11 +84,11 @@ async def test_refused_connection_is_retried_until_the_backend_is_up(
     assert stats["requests"] == 1 and stats["completed"] == 1
     retries = [line for line in request_lines(gw.log(), "retry-me") if "refused, retry" in line]
     assert retries
-    metrics = httpx.get(gw.url + "/metrics").text
+    metrics = await metrics_text(gw)
     assert f'vllm_gateway_retries_total{{model="later"}} {float(len(retries))}' in metrics
 
 
-async def test_retries_give_up_with_502(gateway: Any) -> None:
+def test_retries_give_up_with_502(gateway: Any) -> None:
     gw = gateway({"never": {"url": f"http://127.0.0.1:{free_port()}"}},
                  retry={"max_retries": 2, "delay_s": 0.05})
     r = httpx.post(gw.url + "/v1/chat/completions", json=chat("never"), timeout=30,
@@ -144,6 +150,8 @@ async def test_stalls_time_out_but_slow_steady_streams_are_not_cut(gateway: Any)
     assert tokens == [f" tok{i}" for i in range(8)]
     assert steady.text.rstrip().endswith("data: [DONE]")
     await wait_counts(gw, "t", 0, 0)
+    metrics = await metrics_text(gw)
+    assert 'vllm_gateway_requests_total{code="504",model="t"} 3.0' in metrics
     port = (await model_status(gw, "t"))["port"]
 
     async def backend_idle() -> dict[str, Any] | None:
@@ -152,8 +160,9 @@ async def test_stalls_time_out_but_slow_steady_streams_are_not_cut(gateway: Any)
     stats = await wait_for(backend_idle, 15, "the stalled requests closed at the backend")
     assert stats["disconnects"] == 3
     # An error the backend answers is the backend's answer: passed on once, never retried.
-    httpx.post(f"http://127.0.0.1:{port}/fake/reset_stats")
-    r = httpx.post(gw.url + url, json=chat("t", fake={"status": 503}), timeout=30)
+    async with httpx.AsyncClient(timeout=30) as c:
+        await c.post(f"http://127.0.0.1:{port}/fake/reset_stats")
+        r = await c.post(gw.url + url, json=chat("t", fake={"status": 503}))
     assert r.status_code == 503 and "Fake error" in r.json()["error"]["message"]
     assert (await backend_stats(port))["requests"] == 1
     log = gw.log()
