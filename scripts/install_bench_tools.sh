@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the peers the benchmark compares against (bench/README.md):
-#   - nginx and wrk from Debian's packages (nginx is never started as a service here:
-#     the benchmark runs its own private instance with its own conf, pid and log files);
+#   - nginx and wrk from Debian's packages (the benchmark never uses a system nginx
+#     service: it runs a private instance with its own conf, pid, log and temp files);
 #   - the LiteLLM proxy in its own virtual environment .venv-litellm, pinned by
 #     bench/requirements-litellm.txt, so its many dependencies never touch .venv.
 # Idempotent: what is already there is left as it is.
@@ -27,7 +27,6 @@ venv=.venv-litellm
 python_bin="${PYTHON:-python3}"
 if [ ! -x "$venv/bin/litellm" ]; then
     "$python_bin" -m venv "$venv"
-    "$venv/bin/pip" install -q --upgrade pip
     "$venv/bin/pip" install -q -r bench/requirements-litellm.txt
 fi
 echo "nginx: $(/usr/sbin/nginx -v 2>&1 | sed 's/.*nginx\///')"

@@ -307,12 +307,11 @@ def test_cancel_at_every_point_keeps_counters_exact(
 
 # --- random interleavings ---------------------------------------------------------------------
 
+# Weighted so that tickets pile up behind full slots often enough to exercise hand-overs.
+KINDS = ("admit", "admit", "activate", "activate", "finish", "abandon", "cancel", "step", "step")
 OPS = st.lists(
-    st.tuples(
-        st.sampled_from(["admit", "activate", "cancel", "exit", "step"]),
-        st.integers(0, 7),
-        st.booleans(),
-    ),
+    st.tuples(st.sampled_from(KINDS), st.integers(0, 7), st.booleans()),
+    min_size=5,
     max_size=60,
 )
 
@@ -322,6 +321,7 @@ class Live:
     cm: AbstractAsyncContextManager[Ticket]
     ticket: Ticket
     task: asyncio.Task[None] | None = None
+    asked_at: int = -1  # when the current activate() call was made
 
 
 async def interleave(max_concurrent: int, max_queue: int, ops: list[tuple[str, int, bool]]) -> None:
@@ -339,12 +339,30 @@ async def interleave(max_concurrent: int, max_queue: int, ops: list[tuple[str, i
         assert limiter.in_flight + limiter.queued <= max_concurrent + max_queue
         assert all(ticket.state is TicketState.DONE for ticket in released)
         assert limiter.idle == (not live)
+        # FIFO: nobody got a slot while an earlier, still wanted activate() keeps waiting.
+        still_waiting = [
+            e.asked_at
+            for e in live
+            if e.ticket.state is TicketState.WAITING
+            and e.task is not None
+            and not e.task.done()
+            and not e.task.cancelling()
+        ]
+        for entry in live:
+            if entry.ticket.state is TicketState.ACTIVE and still_waiting:
+                assert entry.asked_at < min(still_waiting)
+
+    def pending(entry: Live) -> bool:
+        return entry.task is not None and not entry.task.done()
+
+    def pick(index: int, candidates: list[Live]) -> Live | None:
+        return candidates[index % len(candidates)] if candidates else None
 
     async def settle() -> None:
         for _ in range(3):
             await asyncio.sleep(0)
 
-    async def exit_entry(entry: Live, let_task_finish: bool) -> None:
+    async def leave(entry: Live, let_task_finish: bool) -> None:
         task = entry.task
         if task is not None and not task.done():
             task.cancel()  # the owner is going away; its activate() goes with it
@@ -354,7 +372,7 @@ async def interleave(max_concurrent: int, max_queue: int, ops: list[tuple[str, i
         live.remove(entry)
         released.append(entry.ticket)
 
-    for kind, index, flag in ops:
+    for step, (kind, index, flag) in enumerate(ops):
         if kind == "admit":
             room = limiter.in_flight + limiter.queued < max_concurrent + max_queue
             cm = limiter.admit()
@@ -369,25 +387,27 @@ async def interleave(max_concurrent: int, max_queue: int, ops: list[tuple[str, i
         elif kind == "step":
             await settle()
             if limiter.in_flight < max_concurrent:
-                # A free slot with someone still blocked in activate() would be starvation.
-                assert all(e.task is None or e.task.done() for e in live)
-        elif live:
-            entry = live[index % len(live)]
-            if kind == "activate":
-                if entry.ticket.state is TicketState.WAITING and (
-                    entry.task is None or entry.task.done()
-                ):
-                    entry.task = asyncio.create_task(entry.ticket.activate())
-                    tasks.append(entry.task)
-            elif kind == "cancel":
-                if entry.task is not None:
-                    entry.task.cancel()
-            else:
-                await exit_entry(entry, flag)
+                # A free slot while someone is still blocked in activate() would be starvation.
+                assert not any(pending(e) for e in live)
+        elif kind == "activate":
+            idle = [e for e in live if e.ticket.state is TicketState.WAITING and not pending(e)]
+            if entry := pick(index, idle):
+                entry.task = asyncio.create_task(entry.ticket.activate())
+                entry.asked_at = step
+                tasks.append(entry.task)
+        elif kind == "cancel":
+            if (entry := pick(index, [e for e in live if pending(e)])) and entry.task:
+                entry.task.cancel()
+        elif kind == "finish":
+            active = [e for e in live if e.ticket.state is TicketState.ACTIVE and not pending(e)]
+            if entry := pick(index, active):
+                await leave(entry, let_task_finish=False)
+        elif entry := pick(index, live):
+            await leave(entry, let_task_finish=flag)
         check()
 
     while live:
-        await exit_entry(live[0], let_task_finish=False)
+        await leave(live[0], let_task_finish=False)
     await settle()
     check()
     assert limiter.idle and limiter.in_flight == 0 and limiter.queued == 0

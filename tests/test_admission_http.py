@@ -92,11 +92,11 @@ async def test_waiting_requests_are_served_first_come_first_served(gateway: Any)
         # The first request is cold: it and the next ones wait for the model to start, then
         # the blocker keeps the only slot until everyone has lined up in a known order.
         blocker = hold(http, gw, "fifo")
-        await wait_for(lambda: _admitted(gw, 1), 30, "the blocker admitted")
+        await wait_for(lambda: _admitted(gw, "fifo", 1), 30, "the blocker admitted")
         asks = []
         for i in range(5):
             asks.append(asyncio.create_task(ask(c, i)))
-            await wait_for(lambda n=i + 2: _admitted(gw, n), 30, f"request {i} queued")
+            await wait_for(lambda n=i + 2: _admitted(gw, "fifo", n), 30, f"request {i} queued")
         await wait_counts(gw, "fifo", 1, 5, timeout=30)
         await cancel(blocker)
         await asyncio.wait_for(asyncio.gather(*asks), 60)
@@ -104,8 +104,8 @@ async def test_waiting_requests_are_served_first_come_first_served(gateway: Any)
     await wait_counts(gw, "fifo", 0, 0)
 
 
-async def _admitted(gw: Any, n: int) -> bool:
-    m = await model_status(gw, "fifo")
+async def _admitted(gw: Any, model: str, n: int) -> bool:
+    m = await model_status(gw, model)
     return bool(m["in_flight"] + m["queued"] == n)
 
 
@@ -128,15 +128,26 @@ async def test_client_leaving_the_queue_frees_its_place_at_once(gateway: Any) ->
             assert time.monotonic() - began < 3
         finally:
             await cancel(blocker)
-        starting = hold(http, gw, "cold")
-        await wait_counts(gw, "cold", 0, 1)
+        # A stream waiting for its model gets loading comments (its response is already
+        # open); leaving then frees the place too, while the model is still starting.
+        loading = asyncio.Event()
+        starting = asyncio.create_task(_read_until_cancelled(http, gw.url, "cold", loading))
+        await asyncio.wait_for(loading.wait(), 20)
         await cancel(starting)
         m = await wait_counts(gw, "cold", 0, 0, timeout=3)
         assert m["state"] == "starting"
     await wait_counts(gw, "busy", 0, 0)
+    assert (await backend_stats((await model_status(gw, "busy"))["port"]))["requests"] == 1
 
 
-async def test_env_limits_override_defaults_and_models_override_env(gateway: Any) -> None:
+async def _read_until_cancelled(http: Any, url: str, model: str, loading: asyncio.Event) -> None:
+    async with http.post(url + "/v1/chat/completions", json=chat(model, stream=True)) as resp:
+        async for chunk in resp.content.iter_any():
+            if chunk.startswith(f": loading model {model}".encode()):
+                loading.set()
+
+
+def test_env_limits_override_defaults_and_models_override_env(gateway: Any) -> None:
     nowhere = "http://127.0.0.1:9"  # never contacted: only the limits are read
     models = {"plain": {"url": nowhere},
               "own": {"url": nowhere, "max_concurrent": 2, "max_queue": 5},
@@ -197,7 +208,6 @@ async def test_storm_of_cancelled_streams_leaves_exact_counters(gateway: Any) ->
     done.set()
     await watcher
     note = f"seed {seed}, outcomes {dict(outcomes)}"
-    print(note)
     assert sum(outcomes.values()) == STORM, note
     assert set(outcomes) <= {"200", "429", "cancelled"}, note
     assert outcomes["200"] and outcomes["cancelled"], note

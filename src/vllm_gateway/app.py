@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from importlib import resources
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -19,7 +20,7 @@ from .errors import (BadRequest, BackendUnavailable, GatewayError, MethodNotAllo
 from .gateway import Gateway
 from .launchers.base import Launcher
 from .openapi import OPENAPI
-from .proxy import ResponseSink
+from .proxy import NotDelivered, ResponseSink
 from .reqctx import RequestContext, new_request_id
 
 log = logging.getLogger("vllm_gateway.app")
@@ -28,8 +29,16 @@ GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 AUTH_KEY: web.AppKey[Authenticator] = web.AppKey("auth", Authenticator)
 MAX_BODY_KEY: web.AppKey[int] = web.AppKey("max_body", int)
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away first"
+# A client's X-Request-ID is kept only when it is short visible ASCII: it is echoed in
+# headers, forwarded to backends and written to every log line.
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def client_request_id(request: web.Request) -> str | None:
+    presented = request.headers.get("X-Request-ID", "")
+    return presented if _REQUEST_ID.fullmatch(presented) else None
 
 
 def error_response(err: GatewayError, request_id: str | None = None) -> web.Response:
@@ -45,7 +54,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except GatewayError as err:
-        return error_response(err, request.headers.get("X-Request-ID"))
+        return error_response(err, client_request_id(request))
     except web.HTTPRequestEntityTooLarge as exc:
         return error_response(PayloadTooLarge(f"request body too large: {exc.text}"))
     except web.HTTPMethodNotAllowed as exc:
@@ -102,6 +111,8 @@ def _parse(body: bytes) -> dict[str, Any]:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("the request body is nested too deeply") from None
     if not isinstance(doc, dict):
         raise BadRequest(f"the request body must be a JSON object, not {type(doc).__name__}")
     if "model" not in doc:
@@ -114,7 +125,7 @@ def _parse(body: bytes) -> dict[str, Any]:
 async def handle_v1(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY_KEY]
     auth = request.app[AUTH_KEY]
-    ctx = RequestContext(request.headers.get("X-Request-ID") or new_request_id(),
+    ctx = RequestContext(client_request_id(request) or new_request_id(),
                          request.method, request.path)
     sink = ResponseSink(request, ctx)
     model_label = ""
@@ -148,10 +159,19 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
 
         wants_stream = doc.get("stream") is True
         try:
-            async with gateway.manager.lease(inst, progress if wants_stream else None) as lease:
-                ctx.mark_slot()
-                gateway.metrics.queue_wait.labels(inst.name).observe(ctx.queue_wait_s or 0.0)
-                await gateway.proxy.forward(request, sink, lease, request.path_qs, body, ctx)
+            for attempt in range(gateway.config.retry.max_retries + 1):
+                try:
+                    async with gateway.manager.lease(inst, progress if wants_stream else None) as lease:
+                        ctx.mark_slot()
+                        gateway.metrics.queue_wait.labels(inst.name).observe(ctx.queue_wait_s or 0.0)
+                        await gateway.proxy.forward(request, sink, lease, request.path_qs, body, ctx)
+                    break
+                except NotDelivered as gone:
+                    # The model died before the request reached it: wait for it to come back.
+                    if attempt >= gateway.config.retry.max_retries:
+                        raise
+                    log.warning("request %s: %s; retry %d of %d", ctx.request_id, gone.message,
+                                attempt + 1, gateway.config.retry.max_retries)
         except QueueFull as full:
             raise TooManyRequests(
                 f"model {inst.name} is at its limits: {full.in_flight} in flight "
@@ -163,8 +183,7 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
         if sink.prepared:
             await sink.abort(err)
         else:
-            ctx.status = err.status
-            return error_response(err, ctx.request_id)
+            return _refuse(ctx, err)
     except asyncio.CancelledError:
         if not gateway.shutting_down:
             ctx.status, ctx.error = CLIENT_CLOSED, "client disconnected"
@@ -173,8 +192,7 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
         shut = BackendUnavailable("the gateway shut down before the answer finished")
         ctx.error = shut.message
         if not sink.prepared:
-            ctx.status = shut.status
-            return error_response(shut, ctx.request_id)
+            return _refuse(ctx, shut)
         await sink.abort(shut)
     except (ConnectionResetError, ConnectionError):
         ctx.status, ctx.error = CLIENT_CLOSED, "client disconnected"
@@ -184,6 +202,14 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
         _account(gateway, ctx, model_label)
     assert sink.response is not None
     return sink.response
+
+
+def _refuse(ctx: RequestContext, err: GatewayError) -> web.Response:
+    """The gateway's own error answer, counted in the request's log line like any other."""
+    response = error_response(err, ctx.request_id)
+    ctx.status = err.status
+    ctx.bytes_out += response.content_length or 0
+    return response
 
 
 def _account(gateway: Gateway, ctx: RequestContext, model: str) -> None:

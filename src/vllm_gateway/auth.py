@@ -6,6 +6,7 @@ its name in logs and errors.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import math
 import time
@@ -13,6 +14,12 @@ from typing import Callable
 
 from .config import AuthConfig, AuthKey
 from .errors import Forbidden, TooManyRequests, Unauthorized
+
+
+def _digest(secret: str) -> bytes:
+    """Equal-length digests, so the comparison does not reveal a key's length either.
+    ``surrogateescape`` keeps header bytes that are not UTF-8 (aiohttp decodes them so)."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
 
 
 class RateLimiter:
@@ -41,7 +48,9 @@ class Authenticator:
         self.config = config
         self.enabled = config is not None and bool(config.keys)
         self.limiters: dict[str, RateLimiter] = {}
+        self.digests: list[tuple[bytes, AuthKey]] = []
         if config is not None:
+            self.digests = [(_digest(key.key), key) for key in config.keys]
             for key in config.keys:
                 if key.rate_limit_per_min:
                     self.limiters[key.name] = RateLimiter(key.rate_limit_per_min)
@@ -56,9 +65,10 @@ class Authenticator:
         if not presented:
             raise Unauthorized("missing API key: send 'Authorization: Bearer KEY'")
         match = None
-        for key in self.config.keys:
+        digest = _digest(presented)
+        for expected, key in self.digests:
             # Compare with every key, so timing does not tell which one was close.
-            if hmac.compare_digest(presented.encode(), key.key.encode()):
+            if hmac.compare_digest(digest, expected):
                 match = key
         if match is None:
             raise Unauthorized("invalid API key")

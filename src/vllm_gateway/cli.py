@@ -18,7 +18,7 @@ def _url_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default=os.environ.get("VLLM_GATEWAY_URL", DEFAULT_URL),
                         help="the gateway's address (env VLLM_GATEWAY_URL; default %(default)s)")
     parser.add_argument("--api-key", default=os.environ.get("VLLM_GATEWAY_API_KEY"),
-                        help="an admin key when auth is on (env VLLM_GATEWAY_API_KEY)")
+                        help="an API key when auth is on (env VLLM_GATEWAY_API_KEY)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="show GPUs and models as a table")
     _url_arg(status)
-    status.add_argument("--watch", "-w", action="store_true", help="refresh every second")
+    status.add_argument("--watch", "-w", action="store_true",
+                        help="refresh every second until Ctrl-C")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
 
     for name in ("load", "unload"):
@@ -51,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     logs = sub.add_parser("logs", help="show a model server's recent output")
     logs.add_argument("name")
-    logs.add_argument("--lines", "-n", type=int, default=100)
-    logs.add_argument("--follow", "-f", action="store_true")
+    logs.add_argument("--lines", "-n", type=int, default=100, help="how many recent lines to show")
+    logs.add_argument("--follow", "-f", action="store_true",
+                      help="keep printing new lines until Ctrl-C")
     _url_arg(logs)
     return parser
 
@@ -101,16 +103,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import client
     try:
         if args.command == "status":
-            return client.status(args.url, watch=args.watch, raw=args.json)
+            return client.status(args.url, watch=args.watch, raw=args.json, api_key=args.api_key)
         if args.command in ("load", "unload"):
             return client.admin(args.url, args.command, args.name, args.api_key)
         if args.command == "logs":
-            return client.logs(args.url, args.name, args.lines, args.follow)
+            return client.logs(args.url, args.name, args.lines, args.follow, args.api_key)
     except client.ClientError as exc:
         print(f"vllm-gateway: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly, and keep Python from complaining
+        # about the unflushed rest at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 2
 
 

@@ -241,7 +241,7 @@ def _fewest_evictions(
             after[gpu_id] -= problem.sizes[pick]
         if search(after, taken | {pick}, out | {pick}):
             return True
-        kept = {i for i in remaining if problem.sizes[i] <= problem.sizes[pick]}
+        kept = {i for i in remaining if _dominates(problem, pick, i, open_gpus)}
         return search(deficit, taken, out | kept | {pick})
 
     search(deficit, frozenset(), frozenset())

@@ -31,13 +31,24 @@ HOP_BY_HOP = frozenset({
 })
 
 
+def _connection_listed(headers: CIMultiDictProxy[str]) -> set[str]:
+    """Headers that the Connection header names are hop-by-hop too (RFC 9110, 7.6.1)."""
+    return {name.strip().lower() for value in headers.getall("Connection", [])
+            for name in value.split(",") if name.strip()}
+
+
+def _hop_by_hop(lower: str, listed: set[str]) -> bool:
+    # Proxy-* headers are addressed to the proxy in between (this gateway), never to the backend.
+    return lower in HOP_BY_HOP or lower in listed or lower.startswith("proxy-")
+
+
 def forward_headers(headers: CIMultiDictProxy[str], keep_authorization: bool, request_id: str
                     ) -> CIMultiDict[str]:
-    listed = {h.strip().lower() for h in headers.get("Connection", "").split(",") if h.strip()}
+    listed = _connection_listed(headers)
     out: CIMultiDict[str] = CIMultiDict()
     for key, value in headers.items():
         lower = key.lower()
-        if lower in HOP_BY_HOP or lower in listed or lower == "x-request-id":
+        if _hop_by_hop(lower, listed) or lower == "x-request-id":
             continue
         if lower == "authorization" and not keep_authorization:
             continue
@@ -47,14 +58,19 @@ def forward_headers(headers: CIMultiDictProxy[str], keep_authorization: bool, re
 
 
 def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    listed = {h.strip().lower() for h in headers.get("Connection", "").split(",") if h.strip()}
+    listed = _connection_listed(headers)
     out: CIMultiDict[str] = CIMultiDict()
     for key, value in headers.items():
         lower = key.lower()
-        if lower in HOP_BY_HOP or lower in listed or lower in ("content-encoding", "date", "server"):
+        if _hop_by_hop(lower, listed) or lower in ("content-encoding", "date", "server"):
             continue
         out.add(key, value)
     return out
+
+
+class NotDelivered(BackendError):
+    """The backend went away before the request reached it: safe to send again once the
+    model is back, since nothing was generated."""
 
 
 class Proxy:
@@ -76,7 +92,10 @@ class Proxy:
                                                auto_decompress=False)
             except aiohttp.ClientConnectorError as exc:
                 # Nothing reached the backend, so sending again cannot run it twice.
-                if attempt >= self.retry.max_retries or lease.instance.state is not State.READY:
+                if lease.instance.state is not State.READY:
+                    raise NotDelivered(f"model {lease.instance.name} went away before the request "
+                                       f"was sent ({exc.os_error or exc})") from exc
+                if attempt >= self.retry.max_retries:
                     raise BackendError(f"model {lease.instance.name}: cannot connect to the backend "
                                        f"({exc.os_error or exc}) after {attempt + 1} attempt(s)") from exc
                 attempt += 1
