@@ -352,9 +352,10 @@ class Manager:
         stopped = []
         for inst in self.instances.values():
             timeout = inst.cfg.idle_timeout_s
-            idle_since = inst.limiter.last_idle_at
-            if (timeout > 0 and inst.cfg.managed and inst.evictable() and idle_since is not None
-                    and now - max(idle_since, inst.last_used_mono) >= timeout):
+            # Idle since the end of the last request, or since it became ready if none came.
+            idle_since = max(inst.limiter.last_idle_at or 0.0, inst.last_used_mono)
+            if (timeout > 0 and inst.cfg.managed and inst.evictable()
+                    and now - idle_since >= timeout):
                 self._begin_stop(inst, "idle")
                 stopped.append(inst.name)
         return stopped

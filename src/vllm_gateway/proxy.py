@@ -182,7 +182,9 @@ class ResponseSink:
         if self.response is None:
             await self.start_sse_early()
         assert self.response is not None
-        await self.response.write(f": {text}\n\n".encode())
+        data = f": {text}\n\n".encode()
+        await self.response.write(data)
+        self.ctx.bytes_out += len(data)
 
     async def start(self, status: int, headers: CIMultiDict[str], length: int | None) -> None:
         if self.response is not None:
@@ -215,7 +217,9 @@ class ResponseSink:
         if self.response.content_type == "text/event-stream" or self.sse_early:
             payload = dict(error.body())
             payload["error"]["status"] = error.status
-            await self.response.write(f"data: {json.dumps(payload)}\n\n".encode())
+            data = f"data: {json.dumps(payload)}\n\n".encode()
+            await self.response.write(data)
+            self.ctx.bytes_out += len(data)
             if self.ctx.status < 400:
                 self.ctx.status = error.status
         await self.response.write_eof()
@@ -224,21 +228,30 @@ class ResponseSink:
 
 
 class UsageCounter:
-    """Counts tokens from the backend's ``usage`` without parsing every chunk."""
+    """Counts tokens from the backend's ``usage`` without parsing every chunk.
+
+    A stream reports usage in its last event, so only the stream's last few KB are
+    kept (a rolling window, trimmed in bulk so that each chunk costs an append); a
+    JSON answer is parsed whole, up to 1 MB.
+    """
+
+    TAIL = 4096
 
     def __init__(self, metrics: Metrics, model: str) -> None:
         self.metrics, self.model = metrics, model
         self.buffer = bytearray()
-        self.tail = b""
+        self.tail = bytearray()
 
     def feed(self, chunk: bytes, is_stream: bool) -> None:
         if is_stream:
-            self.tail = (self.tail + chunk)[-4096:] if b'"usage"' in chunk or self.tail else b""
+            self.tail += chunk
+            if len(self.tail) > 2 * self.TAIL:
+                del self.tail[:-self.TAIL]
         elif len(self.buffer) < (1 << 20):
             self.buffer += chunk
 
     def finish(self, is_stream: bool) -> None:
-        usage = self._usage(self.tail if is_stream else bytes(self.buffer), is_stream)
+        usage = self._usage(bytes(self.tail if is_stream else self.buffer), is_stream)
         if usage:
             for kind in ("prompt_tokens", "completion_tokens"):
                 value = usage.get(kind)
