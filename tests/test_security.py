@@ -196,7 +196,7 @@ def test_bad_bodies_get_openai_shaped_400s(open_gw: GatewayProc) -> None:
     ("DELETE", "/health", 405),
     ("PATCH", "/gateway/status", 405),
     ("GET", "/gateway/models/alpha/load", 405),
-    ("BREW", "/v1/chat/completions", 405),
+    ("OPTIONS", "/v1/chat/completions", 405),
 ])
 def test_unknown_paths_and_methods_get_openai_errors(open_gw: GatewayProc, method: str,
                                                      path: str, status: int) -> None:
@@ -215,6 +215,19 @@ def test_unreadable_header_values_do_not_break_a_request(open_gw: GatewayProc) -
     check_error(status, headers, answer, 404)
     # The unusable request id is replaced by one of the gateway's.
     assert re.fullmatch(r"[0-9a-f]{32}", headers.get("X-Request-ID", ""))
+    assert_settled(open_gw)
+
+
+def test_malformed_http_is_refused_and_the_gateway_goes_on(open_gw: GatewayProc) -> None:
+    # These never reach a handler: aiohttp's parser answers 400 itself (in plain text).
+    for data in (b"BREW /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n\r\n",
+                 b"\x00\x01\x02 nonsense\r\n\r\n",
+                 b"POST /v1/completions HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n"
+                 b"Content-Length: 4\r\n\r\n0\r\n\r\n",
+                 b"POST /v1/completions HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n"
+                 b"\r\n5\r\nabcde\r\nZZ\r\n"):
+        status, _, _ = send_raw(open_gw.port, data)
+        assert status == 400
     assert_settled(open_gw)
 
 

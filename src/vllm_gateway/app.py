@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -181,7 +182,8 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
     except GatewayError as err:
         ctx.error = err.message
         if sink.prepared:
-            await sink.abort(err)
+            with contextlib.suppress(ConnectionError):
+                await sink.abort(err)
         else:
             return _refuse(ctx, err)
     except asyncio.CancelledError:
@@ -193,14 +195,16 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
         ctx.error = shut.message
         if not sink.prepared:
             return _refuse(ctx, shut)
-        await sink.abort(shut)
-    except (ConnectionResetError, ConnectionError):
+        with contextlib.suppress(ConnectionError):
+            await sink.abort(shut)
+    except ConnectionError:
         ctx.status, ctx.error = CLIENT_CLOSED, "client disconnected"
     finally:
         if task is not None:
             gateway.active.discard(task)
         _account(gateway, ctx, model_label)
-    assert sink.response is not None
+    if sink.response is None:  # the client left before anything was sent
+        return web.Response(status=CLIENT_CLOSED)
     return sink.response
 
 
