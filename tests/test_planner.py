@@ -58,7 +58,7 @@ def test_used_gb_counts_every_gpu_of_a_model_and_ignores_unknown_ids() -> None:
         (24, (2,), 1.0),
         (100, (0,), 1.0),
         (20, (0, 2), 0.83),  # the smallest chosen GPU decides
-        (0, (0,), 0.0),
+        (0, (0,), 0.01),  # vLLM refuses 0: the floor is 0.01
     ],
 )
 def test_gpu_memory_utilization(vram: float, ids: tuple[int, ...], expected: float) -> None:

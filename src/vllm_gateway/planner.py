@@ -100,7 +100,7 @@ def gpu_memory_utilization(
     """vLLM's ``--gpu-memory-utilization`` for a model placed on ``gpu_ids``.
 
     The share of the smallest chosen GPU, rounded down to 2 decimals so the server never takes
-    more than it was planned for, and at most 1.0.
+    more than it was planned for; at least 0.01 and at most 1.0.
     """
     totals = {gpu.id: gpu.total_gb for gpu in gpus}
     if not gpu_ids:
@@ -113,7 +113,8 @@ def gpu_memory_utilization(
         raise ValueError("GPU total memory must be positive")
     # The nudge keeps 57/100 at 0.57: as floats, 57 / 100 * 100 is 56.99999999999999.
     percent = math.floor(max(0.0, need_vram_gb) / smallest * 100 + 1e-9)
-    return min(1.0, percent / 100)
+    # vLLM refuses 0: a model under 1 % of a GPU still gets the smallest share it accepts.
+    return min(1.0, max(percent, 1) / 100)
 
 
 def _gb(value: float) -> str:

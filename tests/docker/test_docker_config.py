@@ -135,7 +135,7 @@ def test_name_pattern_takes_only_prefix_and_a_number() -> None:
     assert not container_name_pattern("a.b").match("axb_1")
 
 
-async def test_unreachable_engine_says_where_it_looked(tmp_path: object) -> None:
+async def test_unreachable_engine_says_where_it_looked() -> None:
     host = "unix:///nonexistent/vllm-gateway-test/docker.sock"
     launcher = DockerLauncher("vllm", "gw", docker_host=host)
     try:
