@@ -60,14 +60,15 @@ dockerd_pid() {
 }
 
 install_engine() {
-    if command -v dockerd >/dev/null 2>&1 && command -v docker >/dev/null 2>&1; then
-        return 0
-    fi
+    local packages=()
+    command -v dockerd >/dev/null 2>&1 && command -v docker >/dev/null 2>&1 || packages+=(docker.io)
+    command -v curl >/dev/null 2>&1 || packages+=(curl)
+    [ "${#packages[@]}" -gt 0 ] || return 0
     if [ "$(id -u)" != 0 ]; then
-        log "dockerd is missing and installing docker.io needs root"
+        log "${packages[*]} missing, and installing them needs root"
         exit 1
     fi
-    log "installing Debian's docker.io (once)"
+    log "installing Debian's ${packages[*]} (once)"
     # Keep the package from starting the system-wide daemon it ships: a
     # policy-rc.d that refuses service starts, only if none is there already.
     local policy=/usr/sbin/policy-rc.d added_policy=0
@@ -75,13 +76,16 @@ install_engine() {
         printf '#!/bin/sh\nexit 101\n' >"$policy"
         chmod 755 "$policy"
         added_policy=1
+        # Removed again even when the install fails half-way.
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
     fi
     export DEBIAN_FRONTEND=noninteractive
     # Other installs may hold the dpkg lock for a while: wait for it rather than fail.
     apt-get -o DPkg::Lock::Timeout=600 update -qq
-    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends docker.io >/dev/null
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
     if [ "$added_policy" = 1 ]; then
         rm -f "$policy"
+        trap - EXIT
     fi
 }
 
@@ -161,6 +165,17 @@ stop_engine() {
         sleep 0.2
     done
     rm -f "$PIDFILE" "$SOCK"
+    unmount_leftovers
+}
+
+unmount_leftovers() {
+    # dockerd leaves its network namespace file and the data root's own bind
+    # mount behind; without unmounting, `rm -rf var/` fails with "busy".
+    local mnt
+    awk '{print $2}' /proc/self/mounts | grep -E "^($BASE|$RUN_DIR)(/|$)" | sort -r |
+        while read -r mnt; do
+            umount "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
+        done
 }
 
 stop() {

@@ -18,7 +18,6 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-
 from harness import GatewayProc, chat, fake_command, start_gateway, wait_until
 
 LIMIT_MB = 0.01  # about 10 KB: big enough for any normal request of these tests
@@ -220,12 +219,11 @@ def test_unreadable_header_values_do_not_break_a_request(open_gw: GatewayProc) -
 
 def test_malformed_http_is_refused_and_the_gateway_goes_on(open_gw: GatewayProc) -> None:
     # These never reach a handler: aiohttp's parser answers 400 itself (in plain text).
+    chunked = b"POST /v1/completions HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n"
     for data in (b"BREW /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n\r\n",
                  b"\x00\x01\x02 nonsense\r\n\r\n",
-                 b"POST /v1/completions HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n"
-                 b"Content-Length: 4\r\n\r\n0\r\n\r\n",
-                 b"POST /v1/completions HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n"
-                 b"\r\n5\r\nabcde\r\nZZ\r\n"):
+                 chunked + b"Content-Length: 4\r\n\r\n0\r\n\r\n",  # request smuggling
+                 chunked + b"\r\n5\r\nabcde\r\nZZ\r\n"):  # a bad chunk size
         status, _, _ = send_raw(open_gw.port, data)
         assert status == 400
     assert_settled(open_gw)

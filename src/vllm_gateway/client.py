@@ -24,10 +24,12 @@ class ClientError(Exception):
 
 
 def _call(url: str, method: str = "GET", api_key: str | None = None, timeout: float = 1900) -> Any:
+    if not url.startswith(("http://", "https://")):
+        raise ClientError(f"not a usable gateway URL: {url} (expected http://HOST:PORT)")
     try:
         request = urllib.request.Request(url, method=method,
                                          data=b"" if method == "POST" else None)
-    except ValueError as exc:  # e.g. a --url without http://
+    except ValueError as exc:
         raise ClientError(f"not a usable gateway URL: {url} ({exc})") from None
     if api_key:
         request.add_header("Authorization", f"Bearer {api_key}")

@@ -23,7 +23,7 @@ from .config import GatewayConfig
 from .events import EventLog
 from .gpu import GpuDiscoveryError, NvmlReader, inventory, open_nvml
 from .backend_metrics import scrape_backend_metrics
-from .launchers.base import Launcher
+from .launchers.base import LaunchError, Launcher
 from .launchers.pgroups import GroupRecords
 from .launchers.subprocess import SubprocessLauncher
 from .lifecycle import State
@@ -107,8 +107,14 @@ class Gateway:
         self.probe_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=32, force_close=True))
         launchers = self._make_launchers()
-        for launcher in launchers.values():
-            cleaned = await launcher.cleanup_leftovers()
+        for kind, launcher in launchers.items():
+            try:
+                cleaned = await launcher.cleanup_leftovers()
+            except LaunchError as exc:
+                # Models of other launchers still work; this one's models fail on start with
+                # the same message.
+                log.warning("%s launcher: cannot clean leftovers: %s", kind, exc)
+                continue
             for what in cleaned:
                 self.events.add("-", "cleanup", f"removed leftover {what} from a previous run")
         self._manager = Manager(self.config, self.gpus, launchers, self.events, self.metrics,

@@ -1,0 +1,169 @@
+"""Fuzzing a real gateway: schemathesis against its published OpenAPI document, hypothesis
+throwing random bytes, random JSON and random request ids at the proxy path.
+
+Whatever arrives, the answer is a documented status (never a 5xx from the gateway itself),
+errors are OpenAI-shaped, nothing is logged as an unhandled exception, and afterwards the
+counters are back at 0 and /health answers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from harness import GatewayProc, fake_command, start_gateway
+
+# Pinned in the test dependencies; the command-line interface is what is used here.
+SCHEMATHESIS = [sys.executable, "-m", "schemathesis.cli"]
+CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance," \
+         "response_schema_conformance"
+PROXY_PATHS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/fuzz/route"]
+MODEL_NAMES = ["alpha", "a"]
+# Fields that would make the fake backend misbehave on purpose (stall, fail, generate long).
+STEERING = {"fake", "max_tokens", "max_completion_tokens"}
+FUZZ = settings(max_examples=120, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProc]:
+    models = {"alpha": {"command": fake_command(worker=False, startup_delay=0.05),
+                        "aliases": ["a"], "max_concurrent": 4, "max_queue": 8}}
+    gateway = start_gateway(tmp_path_factory.mktemp("fuzz"), models,
+                            server={"max_body_mb": 0.05, "shutdown_timeout_s": 5})
+    try:
+        yield gateway
+    finally:
+        assert gateway.stop() == 0
+        assert not gateway.model_pids()
+
+
+def assert_unharmed(gw: GatewayProc) -> None:
+    gw.wait_counters_zero()
+    assert httpx.get(gw.url + "/health", timeout=10).json() == {"status": "ok"}
+    # aiohttp logs a handler's unexpected exception with its traceback (and answers 500).
+    assert "Traceback" not in gw.log()
+
+
+def assert_answer_ok(r: httpx.Response) -> None:
+    assert r.status_code < 500, (r.status_code, r.text[:300])
+    if r.status_code >= 400:
+        # The gateway's errors and the backend's (vLLM's shape) both carry error.message.
+        error = r.json()["error"]
+        assert isinstance(error["message"], str) and error["message"], r.text[:300]
+        assert r.headers["Content-Type"].startswith("application/json")
+
+
+def test_schemathesis_against_the_published_openapi(gw: GatewayProc, tmp_path: Path) -> None:
+    # Half of the generated model names are real ones, so requests reach the backend and
+    # the load and unload endpoints act on the model (its start is then documented as well).
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(
+        f"[dictionaries.models]\nvalues = {json.dumps(MODEL_NAMES)}\n\n"
+        "[parameters]\n"
+        '"body.model" = { dictionary = "models", probability = 0.5 }\n'
+        '"path.name" = { dictionary = "models", probability = 0.5 }\n')
+    command = [*SCHEMATHESIS, "--config-file", str(config), "--no-color", "run",
+               gw.url + "/openapi.json", "--checks", CHECKS, "--max-examples", "15",
+               "--phases", "examples,coverage,fuzzing", "--workers", "1", "--seed", "20261126",
+               "--generation-database", "none", "--request-timeout", "30"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert re.search(r"\d+ generated, \d+ passed", done.stdout), done.stdout[-2000:]
+    # Some of it reached the backend, not just the gateway's own validation.
+    metrics = httpx.get(gw.url + "/metrics", timeout=10).text
+    assert re.search(r'vllm_gateway_requests_total\{code="[24]\d\d",model="alpha"\}', metrics)
+    assert_unharmed(gw)
+
+
+JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=20)
+MESSAGES = st.lists(st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "system", "assistant"]) | JSON_SCALARS,
+     "content": st.text(max_size=40) | JSON_VALUES}), max_size=3)
+MODEL = st.sampled_from(MODEL_NAMES) | st.text(max_size=12) | JSON_VALUES
+REQUESTS = st.fixed_dictionaries(
+    {"model": MODEL},
+    optional={"messages": MESSAGES | JSON_VALUES, "prompt": st.text(max_size=40) | JSON_VALUES,
+              "input": st.text(max_size=40) | JSON_VALUES, "stream": st.booleans() | JSON_VALUES,
+              "stream_options": st.just({"include_usage": True}) | JSON_VALUES,
+              "max_tokens": st.integers(-2, 6) | JSON_SCALARS.filter(
+                  lambda v: not isinstance(v, int) or -2 <= v <= 6),
+              "temperature": JSON_SCALARS}
+).flatmap(lambda doc: st.dictionaries(
+    st.text(max_size=8).filter(lambda k: k not in STEERING and k not in doc), JSON_VALUES,
+    max_size=3).map(lambda extra: {**doc, **extra}))
+
+
+@FUZZ
+@given(doc=REQUESTS | JSON_VALUES, path=st.sampled_from(PROXY_PATHS))
+def fuzz_json(client: httpx.Client, doc: Any, path: str) -> None:
+    # json.dumps writes NaN and Infinity, which Python's JSON reader (the gateway's) accepts.
+    r = client.post(path, content=json.dumps(doc).encode(),
+                    headers={"Content-Type": "application/json"})
+    assert_answer_ok(r)
+    if not isinstance(doc, dict) or not isinstance(doc.get("model"), str):
+        assert r.status_code == 400
+    elif doc["model"] not in MODEL_NAMES:
+        assert r.status_code == 404
+
+
+def test_random_json_at_the_proxy_path(gw: GatewayProc) -> None:
+    with gw.client(timeout=30) as client:
+        fuzz_json(client)
+    assert_unharmed(gw)
+
+
+@FUZZ
+@given(body=st.binary(max_size=4096) | st.binary(min_size=50_000, max_size=80_000),
+       path=st.sampled_from(PROXY_PATHS),
+       content_type=st.sampled_from(["application/json", "text/plain", "", "application/x-www"]))
+def fuzz_bytes(client: httpx.Client, body: bytes, path: str, content_type: str) -> None:
+    r = client.post(path, content=body, headers={"Content-Type": content_type})
+    assert_answer_ok(r)
+    if len(body) > 0.05 * 1024 * 1024:
+        assert r.status_code == 413
+
+
+def test_random_bytes_at_the_proxy_path(gw: GatewayProc) -> None:
+    with gw.client(timeout=30) as client:
+        fuzz_bytes(client)
+    assert_unharmed(gw)
+
+
+# Header values as bytes: visible ASCII and the rest of Latin-1 (what HTTP lets through).
+HEADER_VALUES = st.binary(min_size=1, max_size=200).map(
+    lambda raw: bytes(b if 0x21 <= b <= 0x7e or b >= 0x80 else 0x41 for b in raw))
+
+
+@FUZZ
+@given(request_id=HEADER_VALUES, authorization=HEADER_VALUES)
+def fuzz_request_ids(client: httpx.Client, request_id: bytes, authorization: bytes) -> None:
+    r = client.post("/v1/chat/completions", json={"model": "nope"},
+                    headers={"X-Request-ID": request_id, "Authorization": authorization})
+    assert r.status_code == 404
+    echoed = r.headers["X-Request-ID"]
+    if re.fullmatch(rb"[\x21-\x7e]{1,128}", request_id):
+        assert echoed == request_id.decode()
+    else:
+        assert re.fullmatch(r"[0-9a-f]{32}", echoed)
+
+
+def test_random_request_ids_and_authorization(gw: GatewayProc) -> None:
+    with gw.client(timeout=30) as client:
+        fuzz_request_ids(client)
+    assert_unharmed(gw)
