@@ -14,13 +14,14 @@ import subprocess
 import termios
 import threading
 import time
-from typing import IO, Any, Iterator
+from collections.abc import Iterator
+from typing import IO, Any
 
 import httpx
 import psutil
 import pytest
-
 from harness import PY, GatewayProc, chat, fake_command, free_port, start_gateway, wait_until
+
 from vllm_gateway.client import new_lines
 
 CLI_ENV = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
@@ -49,7 +50,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProc]:
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PY, "-m", "vllm_gateway.cli", *args], capture_output=True, text=True,
-                          env=CLI_ENV, timeout=timeout)
+                          env=CLI_ENV, timeout=timeout, check=False)
 
 
 def row(output: str, name: str) -> str:
@@ -125,7 +126,7 @@ def test_logs_command_shows_and_follows_model_output(gw: GatewayProc) -> None:
         marker = '"POST /v1/followed-marker HTTP/1.1" 404'
         for count in (1, 2):
             httpx.post(gw.url + "/v1/followed-marker", json=chat("alpha"), timeout=30)
-            reader.until(lambda seen: sum(marker in line for line in seen) == count)
+            reader.until(lambda seen, n=count: sum(marker in line for line in seen) == n)
         follow.send_signal(signal.SIGINT)
         assert follow.wait(20) == 130
         assert "Traceback" not in follow.stderr.read()  # type: ignore[union-attr]

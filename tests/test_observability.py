@@ -12,9 +12,8 @@ from typing import Any
 
 import httpx
 import openai
-from prometheus_client.parser import text_string_to_metric_families
-
 from harness import GatewayProc, chat, fake_command, sse_events, wait_until
+from prometheus_client.parser import text_string_to_metric_families
 
 GPU = [{"id": 0, "vram_gb": 24}]
 STATES = ("stopped", "starting", "ready", "stopping", "failed")
@@ -56,7 +55,7 @@ def access_line(gw: GatewayProc, rid: str) -> re.Match[str]:
     pattern = re.compile(rf"^.* INFO +vllm_gateway\.access: {rid} POST (?P<path>\S+) "
                          r"model=(?P<model>\S+) status=(?P<status>\d+) queue=(?P<queue>\S+) "
                          r"ttfb=(?P<ttfb>\S+) duration=(?P<duration>\S+) bytes=(?P<bytes>\d+)",
-                         re.M)
+                         re.MULTILINE)
     wait_until(lambda: pattern.search(gw.log()), 10, what=f"the log line of request {rid}")
     matches = list(pattern.finditer(gw.log()))
     assert len(matches) == 1, [m.group(0) for m in matches]
@@ -138,7 +137,7 @@ def test_metrics_request_log_and_model_output_after_known_traffic(gateway) -> No
     assert missing.status_code == 404 and "nope" in missing.json()["error"]["message"]
 
 
-RECORD_START = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ ", re.M)
+RECORD_START = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ ", re.MULTILINE)
 
 
 def _log_record(log: str, needle: str) -> str:
@@ -177,8 +176,8 @@ def test_lifecycle_events_are_logged_once_and_counted(gateway) -> None:
     gw.wait_state("idler", "stopped")
     gw.wait_state("crashy", "failed")
 
-    log = wait_until(lambda: (lambda text: text if "model crashy crashed" in text else None)(
-        gw.log()), 10, what="the crash in the log")
+    wait_until(lambda: "model crashy crashed" in gw.log(), 10, what="the crash in the log")
+    log = gw.log()
     once = {name: [f"model {name} starting: on port ", f"model {name} ready: in "]
             for name in ("alpha", "beta", "idler", "crashy")}
     once["alpha"] += ["model alpha evicted: stopping (lru)", "model alpha stopped: "]
@@ -186,7 +185,7 @@ def test_lifecycle_events_are_logged_once_and_counted(gateway) -> None:
     once["idler"] += ["model idler idle_stop: stopping (idle)", "model idler stopped: "]
     once["crashy"] += ["model crashy crashed: exit code 1"]
     once["broken"] = ["model broken starting: on port ", "model broken failed: "]
-    for name, needles in once.items():
+    for needles in once.values():
         for needle in needles:
             assert log.count(needle) == 1, f"{needle!r} logged {log.count(needle)} times:\n{log}"
     assert re.search(r"model alpha ready: in \d+\.\d\d s", log)
@@ -247,7 +246,7 @@ def test_json_log_format_and_log_level(gateway) -> None:
     # LOG_LEVEL=WARNING: warnings (a failed start) but no INFO lines, not even per request.
     text = quiet.log()
     assert "model broken failed: " in text and "CUDA out of memory" in text
-    assert not re.search(r"^\S+ \S+ INFO ", text, re.M) and "quiet-1" not in text
+    assert not re.search(r"^\S+ \S+ INFO ", text, re.MULTILINE) and "quiet-1" not in text
 
 
 def test_streaming_request_gets_loading_comments_while_its_model_starts(gateway) -> None:

@@ -75,7 +75,7 @@ def render(doc: dict[str, Any]) -> Group:
         gpus.add_column(col)
     for g in doc.get("gpus", []):
         total = g["vram_gb"] or 1
-        filled = max(0, min(20, int(round(20 * g["used_gb"] / total))))
+        filled = max(0, min(20, round(20 * g["used_gb"] / total)))
         bar = "[cyan]" + "█" * filled + "[/][dim]" + "░" * (20 - filled) + "[/]"
         driver = "-" if g.get("driver_used_gb") is None else f"{g['driver_used_gb']:g} GB"
         gpus.add_row(str(g["id"]), f"{g['used_gb']:g} GB", f"{g['vram_gb']:g} GB", driver, bar)
