@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from .config_load import ConfigError, check_config_main, load_config
 from .log_setup import setup_logging

@@ -290,7 +290,11 @@ class Manager:
         handle = inst.handle
         try:
             if handle is not None:
-                await handle.stop(self.config.faults.stop_grace_s)
+                try:
+                    await handle.stop(self.config.faults.stop_grace_s)
+                except Exception as exc:  # an engine error must not wedge the model
+                    log.error("model %s: stopping its server failed: %s", inst.name, exc)
+                    self.events.add(inst.name, "stop_failed", str(exc))
             if self.nvml is not None and inst.placement:
                 expected = self.used_gb()
                 for g in inst.placement:

@@ -17,6 +17,8 @@ from .lifecycle import State
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 START_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+EVICTION_REASONS = ("lru", "idle", "manual")
+TOKEN_KINDS = ("prompt", "completion")
 
 
 class LiveCollector(Collector):
@@ -91,7 +93,17 @@ class Metrics:
         self.registry.register(LiveCollector(snapshot))
 
     def prime(self, models: Iterable[str]) -> None:
-        """Create the per-model series at zero so dashboards see them before traffic."""
+        """Create the per-model series at zero so dashboards see them before traffic.
+
+        Prometheus' ``increase()`` cannot see the first increment of a series that
+        appears with value 1, so a rare event (one eviction, one failure) would never
+        show on a dashboard unless its series already existed at zero.
+        """
         for name in models:
             self.starts.labels(name)
             self.failures.labels(name)
+            self.retries.labels(name)
+            for reason in EVICTION_REASONS:
+                self.evictions.labels(name, reason)
+            for kind in TOKEN_KINDS:
+                self.tokens.labels(name, kind)
