@@ -52,7 +52,9 @@ def assert_unharmed(gw: GatewayProc) -> None:
     gw.wait_counters_zero()
     assert httpx.get(gw.url + "/health", timeout=10).json() == {"status": "ok"}
     # aiohttp logs a handler's unexpected exception with its traceback (and answers 500).
-    assert "Traceback" not in gw.log()
+    # Its HTTP parser logs malformed requests (schemathesis probes for some) the same way,
+    # but those tracebacks never pass through the gateway's code.
+    assert not re.search(r'File "[^"]*vllm_gateway[/\\]', gw.log()), gw.log()[-4000:]
 
 
 def assert_answer_ok(r: httpx.Response) -> None:
@@ -129,7 +131,8 @@ def test_random_json_at_the_proxy_path(gw: GatewayProc) -> None:
 
 
 @FUZZ
-@given(body=st.binary(max_size=4096) | st.binary(min_size=50_000, max_size=80_000),
+@given(body=st.binary(max_size=4096) | st.builds(
+           bytes.__mul__, st.binary(min_size=1, max_size=64), st.integers(1_000, 5_000)),
        path=st.sampled_from(PROXY_PATHS),
        content_type=st.sampled_from(["application/json", "text/plain", "", "application/x-www"]))
 def fuzz_bytes(client: httpx.Client, body: bytes, path: str, content_type: str) -> None:
