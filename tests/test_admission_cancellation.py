@@ -313,8 +313,8 @@ KINDS = ("admit", "admit", "activate", "activate", "finish", "abandon", "cancel"
 Op = tuple[str, int, bool, bool]
 OPS = st.lists(
     st.tuples(st.sampled_from(KINDS), st.integers(0, 7), st.booleans(), st.booleans()),
-    min_size=5,
-    max_size=60,
+    min_size=20,
+    max_size=80,
 )
 
 

@@ -15,6 +15,9 @@ import openai
 from harness import GatewayProc, chat, fake_command, sse_events, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
+from vllm_gateway.metrics import Metrics
+from vllm_gateway.proxy import UsageCounter
+
 GPU = [{"id": 0, "vram_gb": 24}]
 STATES = ("stopped", "starting", "ready", "stopping", "failed")
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana-dashboard.json"
@@ -253,7 +256,7 @@ def test_json_log_format_and_log_level(gateway) -> None:
 
 
 def test_streaming_request_gets_loading_comments_while_its_model_starts(gateway) -> None:
-    gw = gateway({"slow": {"command": fake_command(startup_delay=5)}})
+    gw = gateway({"slow": {"command": fake_command("--max-model-len", "100", startup_delay=5)}})
     raw: list[tuple[float, str]] = []
     results: dict[str, Any] = {}
 
@@ -270,11 +273,21 @@ def test_streaming_request_gets_loading_comments_while_its_model_starts(gateway)
             model="slow", messages=[{"role": "user", "content": "hi"}], stream=True, max_tokens=4)
         results["openai"] = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
 
+    def refused_stream() -> None:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", timeout=60)
+        try:
+            list(client.chat.completions.create(
+                model="slow", messages=[{"role": "user", "content": "hi"}], stream=True,
+                max_tokens=1000))
+        except openai.APIError as exc:
+            results["refused"] = exc.message
+
     def plain() -> None:
         resp = httpx.post(gw.url + "/v1/chat/completions", json=chat("slow"), timeout=60)
         results["plain"] = (resp.status_code, resp.headers["content-type"], resp.json())
 
-    threads = [threading.Thread(target=f) for f in (raw_stream, openai_stream, plain)]
+    threads = [threading.Thread(target=f)
+               for f in (raw_stream, openai_stream, refused_stream, plain)]
     for t in threads:
         t.start()
     first = gw.wait_state("slow", "starting")
@@ -306,6 +319,9 @@ def test_streaming_request_gets_loading_comments_while_its_model_starts(gateway)
     assert [e for _, e in lines[first_data:]][-1] == "data: [DONE]"
     assert sum(" tok" in line for _, line in lines) == 3
     assert results["openai"].split() == ["tok0", "tok1", "tok2", "tok3"]
+    # The backend's refusal, after the loading comments went out with status 200, arrives as
+    # an error event that the client raises (not as raw JSON it would silently skip).
+    assert "maximum context length is 100 tokens" in results["refused"]
     status, content_type, body = results["plain"]
     assert status == 200 and content_type.startswith("application/json")
     assert body["choices"][0]["message"]["content"]
@@ -326,3 +342,19 @@ def test_grafana_dashboard_queries_only_exported_metrics(gateway) -> None:
     families |= {"vllm_gateway_process_resident_memory_bytes", "vllm_gateway_process_cpu_seconds"}
     unused = {f for f in families if not any(q == f or q.startswith(f + "_") for q in queried)}
     assert unused == set(), f"metrics without a panel: {unused}"
+
+
+def test_stream_usage_is_counted_however_the_stream_is_split() -> None:
+    events = [b'data: {"choices":[{"delta":{"content":" tok%d"}}]}\n\n' % i for i in range(300)]
+    stream = b"".join(events) + (b'data: {"choices":[],"usage":{"prompt_tokens":7,'
+                                 b'"completion_tokens":300}}\n\ndata: [DONE]\n\n')
+    for size in (1, 5, 7, 64, 4000, len(stream)):
+        metrics = Metrics()
+        counter = UsageCounter(metrics, "m")
+        for at in range(0, len(stream), size):
+            counter.feed(stream[at:at + size], is_stream=True)
+        counter.finish(is_stream=True)
+        counted = {kind: metrics.registry.get_sample_value(
+            "vllm_gateway_tokens_total", {"model": "m", "kind": kind})
+            for kind in ("prompt", "completion")}
+        assert counted == {"prompt": 7, "completion": 300}, size

@@ -130,7 +130,7 @@ class Proxy:
             ctx.mark_first_byte()
             is_stream = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
             await sink.start(upstream.status, response_headers(upstream.headers),
-                             None if is_stream else upstream.content_length)
+                             None if is_stream else upstream.content_length, is_stream)
             counter = UsageCounter(self.metrics, cfg.name)
             counter.feed(first, is_stream)
             await sink.write(first)
@@ -165,6 +165,10 @@ class ResponseSink:
         self.ctx = ctx
         self.response: web.StreamResponse | None = None
         self.sse_early = False
+        # A JSON answer for a client that already holds an early event stream, kept whole
+        # and sent as one SSE event: SSE parsers silently skip raw JSON lines.
+        self.held: bytearray | None = None
+        self.held_status = 200
 
     @property
     def prepared(self) -> bool:
@@ -186,10 +190,13 @@ class ResponseSink:
         await self.response.write(data)
         self.ctx.bytes_out += len(data)
 
-    async def start(self, status: int, headers: CIMultiDict[str], length: int | None) -> None:
+    async def start(self, status: int, headers: CIMultiDict[str], length: int | None,
+                    is_stream: bool = True) -> None:
         if self.response is not None:
             if status >= 400:
                 self.ctx.status = status
+            if not is_stream:
+                self.held, self.held_status = bytearray(), status
             return  # the early SSE response already carries status 200
         headers["X-Request-ID"] = self.ctx.request_id
         response = web.StreamResponse(status=status, headers=headers)
@@ -201,12 +208,20 @@ class ResponseSink:
 
     async def write(self, data: bytes) -> None:
         if data:
+            if self.held is not None:
+                self.held += data
+                return
             assert self.response is not None
             await self.response.write(data)
             self.ctx.bytes_out += len(data)
 
     async def finish(self) -> None:
         if self.response is not None:
+            if self.held is not None:
+                data = held_as_event(self.held_status, bytes(self.held))
+                self.held = None
+                await self.response.write(data)
+                self.ctx.bytes_out += len(data)
             await self.response.write_eof()
 
     async def abort(self, error: GatewayError) -> None:
@@ -225,6 +240,23 @@ class ResponseSink:
         await self.response.write_eof()
         if self.request.transport is not None:
             self.request.transport.close()
+
+
+def held_as_event(status: int, body: bytes) -> bytes:
+    """A JSON answer as one SSE event; an error in the shape of the gateway's in-stream errors."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if status >= 400:
+        if not (isinstance(doc, dict) and isinstance(doc.get("error"), dict)):
+            text = body.decode("utf-8", "replace").strip() or f"HTTP {status}"
+            doc = BackendError(f"the backend answered {status}: {text}").body()
+        doc["error"].setdefault("status", status)
+    if doc is None:
+        lines = body.decode("utf-8", "replace").splitlines() or [""]
+        return "".join(f"data: {line}\n" for line in lines).encode() + b"\n"
+    return f"data: {json.dumps(doc)}\n\n".encode()
 
 
 class UsageCounter:

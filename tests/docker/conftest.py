@@ -2,8 +2,10 @@
 
 Tests marked ``docker`` need an engine at DOCKER_HOST: start one with
 ``eval "$(scripts/docker_engine.sh start)"``. Without it they are skipped with
-that hint. The fake-backend image is built (or found up to date) once per run
-by scripts/build_fake_image.sh; nothing is ever pulled.
+that hint, unless DOCKER_TESTS_REQUIRED=1 (as on CI): then a missing engine
+fails them, since a CI run that skipped the whole suite would look green.
+The fake-backend image is built (or found up to date) once per run by
+scripts/build_fake_image.sh; nothing is ever pulled.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlparse
 
 import aiodocker
@@ -48,13 +51,19 @@ def _engine_answers(docker_host: str) -> bool:
     return status_line.split(b" ")[1:2] == [b"200"]
 
 
+def _no_engine(reason: str) -> NoReturn:
+    if os.environ.get("DOCKER_TESTS_REQUIRED") == "1":
+        pytest.fail(f"{reason} (DOCKER_TESTS_REQUIRED=1: an engine is required)")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def docker_host() -> str:
     host = os.environ.get("DOCKER_HOST")
     if not host:
-        pytest.skip(f"{NO_ENGINE} (and export the DOCKER_HOST it prints)")
+        _no_engine(f"{NO_ENGINE} (and export the DOCKER_HOST it prints)")
     if not _engine_answers(host):
-        pytest.skip(f"{NO_ENGINE}: nothing answers at DOCKER_HOST={host}")
+        _no_engine(f"{NO_ENGINE}: nothing answers at DOCKER_HOST={host}")
     return host
 
 

@@ -31,7 +31,7 @@ import openai
 import psutil
 import pytest
 from harness import GatewayProc, start_gateway, wait_until
-from procutil import group_pids
+from procutil import HOST, group_pids
 from vllm_gateway_helpers import (
     HTTP_TIMEOUT_S,
     backend_gauges,
@@ -64,14 +64,16 @@ GAUGES = ("num_requests_running", "num_requests_waiting", "kv_cache_usage_perc")
 @pytest.fixture(scope="module")
 def gw(vllm_stack: VllmStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProc]:
     tmp = tmp_path_factory.mktemp("vllm-gateway")
+    # vLLM listens on every interface unless told otherwise.
+    local = dataclasses.replace(vllm_stack, extra_args=(*vllm_stack.extra_args, "--host", HOST))
     long_stack = dataclasses.replace(
-        vllm_stack, extra_args=("--max-model-len", str(LONG_MODEL_LEN)))
-    missing = dataclasses.replace(vllm_stack, model_dir=tmp / "no-such-model")
+        local, extra_args=(*local.extra_args, "--max-model-len", str(LONG_MODEL_LEN)))
+    missing = dataclasses.replace(local, model_dir=tmp / "no-such-model")
     env = vllm_stack.server_env
     models = {
         ALPHA: {"command": long_stack.command(), "vram_gb": MODEL_GB, "aliases": [ALPHA_ALIAS],
                 "env": {**env, "VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"}},
-        BETA: {"command": vllm_stack.command(), "vram_gb": MODEL_GB, "env": env,
+        BETA: {"command": local.command(), "vram_gb": MODEL_GB, "env": env,
                "idle_timeout_s": IDLE_S},
         BROKEN: {"command": missing.command(), "vram_gb": 1, "env": env},
     }
@@ -81,6 +83,8 @@ def gw(vllm_stack: VllmStack, tmp_path_factory: pytest.TempPathFactory) -> Itera
             patch.delenv(name, raising=False)
         gateway = start_gateway(
             tmp, models,
+            # DEBUG puts every line the servers print into the gateway's log, with times.
+            env={"LOG_LEVEL": "DEBUG"},
             gpus=[{"id": 0, "vram_gb": GPU_GB}],
             defaults={"startup_timeout_s": 300, "request_timeout_s": 300},
             faults={"health_interval_s": HEALTH_INTERVAL_S, "stop_grace_s": 30},
@@ -94,6 +98,7 @@ def gw(vllm_stack: VllmStack, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 def _stop_and_check(gateway: GatewayProc) -> None:
     """Whatever a test left running is stopped; survivors are killed, then reported."""
+    print(f"gateway log (servers' output included): {gateway.log_path}")
     procs = gateway_tree(gateway) if gateway.proc.poll() is None else []
     gateway.stop(signal.SIGTERM, timeout=120)
     _, alive = psutil.wait_procs(procs, timeout=60)
@@ -185,6 +190,9 @@ def test_status_shows_vllms_own_gauges(gw: GatewayProc) -> None:
     assert set(GAUGES) <= set(gauges), gauges
     assert all(isinstance(gauges[key], (int, float)) for key in GAUGES)
     assert 0 <= gauges["kv_cache_usage_perc"] <= 1
+    # vLLM's own output is kept: uvicorn's line that the gateway takes as a hint of readiness.
+    lines = httpx.get(gw.url + f"/gateway/models/{ALPHA}/logs?lines=1000", timeout=30).json()
+    assert any("Application startup complete" in line for line in lines["lines"])
     # Nothing is in flight: once read again, vLLM has nothing running or waiting.
     wait_until(lambda: (lambda g: g["num_requests_running"] == 0
                         and g["num_requests_waiting"] == 0)(backend_gauges(gw, ALPHA)),
