@@ -60,6 +60,7 @@ class Tally:
     """What the clients saw, by kind: HTTP statuses, in-band stream errors, exceptions."""
 
     outcomes: Counter[str] = field(default_factory=Counter)
+    samples: dict[str, str] = field(default_factory=dict)  # one error message per kind
     admin: Counter[str] = field(default_factory=Counter)
     kills: int = 0
     groups: set[int] = field(default_factory=set)  # every model process group seen
@@ -118,18 +119,28 @@ def request_body(rng: random.Random, model: str, stream: bool) -> dict[str, Any]
             "messages": [{"role": "user", "content": f"soak {rng.random():.6f}"}]}
 
 
-async def one_request(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> str:
-    """The outcome of one request: its status, or the in-band error of a broken stream."""
+Outcome = tuple[str, str]  # the kind (a status, an in-band error, an exception), a detail
+
+
+def error_message(data: bytes) -> str:
+    try:
+        return str(json.loads(data)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return data[:200].decode(errors="replace")
+
+
+async def one_request(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> Outcome:
+    """What one request got: its status, or the in-band error that ended its stream."""
     async with http.post(url + "/v1/chat/completions", json=body) as resp:
         data = await resp.read()
         if resp.status == 200 and body["stream"]:
             for line in data.split(b"\n"):
                 if line.startswith(b"data: {\"error\""):
                     status = json.loads(line[6:])["error"].get("status", "?")
-                    return f"200+stream-error-{status}"
+                    return f"200+stream-error-{status}", error_message(line[6:])
             if b"data: [DONE]" not in data:
-                return "200+stream-unfinished"
-        return str(resp.status)
+                return "200+stream-unfinished", data[-200:].decode(errors="replace")
+        return str(resp.status), "" if resp.status == 200 else error_message(data)
 
 
 async def client(http: aiohttp.ClientSession, url: str, plan: Plan, rng: random.Random,
@@ -139,20 +150,22 @@ async def client(http: aiohttp.ClientSession, url: str, plan: Plan, rng: random.
         gives_up = rng.random() < plan.cancel_ratio
         try:
             if gives_up:
-                outcome = await abandon(one_request(http, url, body), rng.uniform(0.01, 1.0))
+                kind, detail = await abandon(one_request(http, url, body), rng.uniform(0.01, 1.0))
             else:
-                outcome = await one_request(http, url, body)
+                kind, detail = await one_request(http, url, body)
         except (TimeoutError, aiohttp.ClientError) as exc:
-            outcome = type(exc).__name__
-        tally.outcomes[outcome] += 1
+            kind, detail = type(exc).__name__, str(exc)
+        tally.outcomes[kind] += 1
+        if detail:
+            tally.samples.setdefault(kind, " ".join(detail.split()))
 
 
-async def abandon(request: Coroutine[Any, Any, str], after_s: float) -> str:
+async def abandon(request: Coroutine[Any, Any, Outcome], after_s: float) -> Outcome:
     """The request's outcome, or "cancelled" when the client gives up on it first."""
     try:
         return await asyncio.wait_for(request, after_s)
     except TimeoutError:
-        return "cancelled"  # the gateway must clean up after a client that went away
+        return "cancelled", ""  # the gateway must clean up after a client that went away
 
 
 async def status(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
@@ -286,8 +299,8 @@ def rss_mb(pid: int) -> float:
 
 def finish(gw: GatewayProc, tally: Tally) -> Ending:
     if gw.proc.poll() is not None:  # the gateway died: nothing to ask it
-        left = [str(p.pid) for p in group_members(tally.groups)]
-        return Ending(-1, -1, False, 0.0, gw.proc.returncode, left, 0.0)
+        orphans = [str(p.pid) for p in group_members(tally.groups)]
+        return Ending(-1, -1, False, 0.0, gw.proc.returncode, orphans, 0.0)
     in_flight, queued = settle(gw)
     with gw.client(timeout=10) as http:
         healthy = http.get("/health").status_code == 200
@@ -316,6 +329,7 @@ def report(plan: Plan, tally: Tally, ending: Ending, rss_start: float, elapsed: 
         f"  answered 200    {tally.outcomes['200']}",
         f"  cancelled       {tally.outcomes['cancelled']} (by the client, on purpose)",
         "  errors by kind  " + (json.dumps(tally.errors()) if tally.errors() else "none"),
+        *(f"    {kind}: {tally.samples.get(kind, '')[:150]}" for kind in tally.errors()),
         f"backends killed   {tally.kills}",
         f"model starts      {ending.starts:.0f} (swaps and restarts)",
         "admin loads       " + (json.dumps(dict(sorted(tally.admin.items()))) or "none"),

@@ -171,8 +171,10 @@ stop_engine() {
 unmount_leftovers() {
     # dockerd leaves its network namespace file and the data root's own bind
     # mount behind; without unmounting, `rm -rf var/` fails with "busy".
+    # A clean engine exit unmounts everything itself: grep then matches nothing,
+    # which is no failure.
     local mnt
-    awk '{print $2}' /proc/self/mounts | grep -E "^($BASE|$RUN_DIR)(/|$)" | sort -r |
+    awk '{print $2}' /proc/self/mounts | { grep -E "^($BASE|$RUN_DIR)(/|$)" || true; } | sort -r |
         while read -r mnt; do
             umount "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
         done

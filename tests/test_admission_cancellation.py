@@ -309,8 +309,9 @@ def test_cancel_at_every_point_keeps_counters_exact(
 
 # Weighted so that tickets pile up behind full slots often enough to exercise hand-overs.
 KINDS = ("admit", "admit", "activate", "activate", "finish", "abandon", "cancel")
-# (kind, which ticket, abandon: let its activate() finish first, then give the loop a few turns)
+# (kind, which ticket, abandon only: let its activate() end first, give the loop turns afterwards)
 Op = tuple[str, int, bool, bool]
+# Long lists: Hypothesis' default lengths are too short for queues to build up.
 OPS = st.lists(
     st.tuples(st.sampled_from(KINDS), st.integers(0, 7), st.booleans(), st.booleans()),
     min_size=20,

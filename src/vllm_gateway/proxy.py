@@ -225,7 +225,9 @@ class ResponseSink:
             await self.response.write_eof()
 
     async def abort(self, error: GatewayError) -> None:
-        """An error after the status line went out: tell an SSE client in-band, then close."""
+        """An error after the status line went out. An SSE client is told in-band and its
+        stream ends well-formed, so its connection stays usable: cutting it would break the
+        client's next request on it. Any other body is cut short, with the connection."""
         self.ctx.error = self.ctx.error or error.message
         if self.response is None:
             raise error
@@ -237,6 +239,8 @@ class ResponseSink:
             self.ctx.bytes_out += len(data)
             if self.ctx.status < 400:
                 self.ctx.status = error.status
+            await self.response.write_eof()
+            return
         await self.response.write_eof()
         if self.request.transport is not None:
             self.request.transport.close()

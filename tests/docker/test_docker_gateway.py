@@ -108,9 +108,35 @@ async def post_chat(gw: GatewayProc, model: str) -> httpx.Response:
         return await client.post("/v1/chat/completions", json=chat(model, max_tokens=4))
 
 
-def events_of(gw: GatewayProc) -> list[dict[str, Any]]:
-    doc = httpx.get(gw.url + "/gateway/events", timeout=10).json()
-    events: list[dict[str, Any]] = doc["events"]
+async def get_json(gw: GatewayProc, path: str) -> Any:
+    async with httpx.AsyncClient(base_url=gw.url, timeout=DEADLINE_S) as client:
+        resp = await client.get(path)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+async def model_status(gw: GatewayProc, name: str) -> dict[str, Any]:
+    models: list[dict[str, Any]] = (await get_json(gw, "/gateway/status"))["models"]
+    return next(m for m in models if m["name"] == name)
+
+
+async def wait_state(gw: GatewayProc, name: str, state: str) -> None:
+    async def reached() -> bool:
+        return bool((await model_status(gw, name))["state"] == state)
+
+    await eventually(reached, f"model {name} to be {state}")
+
+
+async def wait_counters_zero(gw: GatewayProc) -> None:
+    async def idle() -> bool:
+        models = (await get_json(gw, "/gateway/status"))["models"]
+        return all(m["in_flight"] == 0 and m["queued"] == 0 for m in models)
+
+    await eventually(idle, "in_flight and queued back to 0")
+
+
+async def events_of(gw: GatewayProc) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = (await get_json(gw, "/gateway/events"))["events"]
     return events
 
 
@@ -118,7 +144,7 @@ async def test_starts_a_container_on_demand_and_streams_through_it(
     start_docker_gateway: StartGateway, fake_image: str, engine: aiodocker.Docker, prefix: str
 ) -> None:
     gw = start_docker_gateway({"tiny": docker_model(fake_image)})
-    assert gw.model("tiny")["state"] == "stopped"
+    assert (await model_status(gw, "tiny"))["state"] == "stopped"
     assert await containers(engine, prefix) == []
 
     client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
@@ -135,7 +161,7 @@ async def test_starts_a_container_on_demand_and_streams_through_it(
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.strip()
 
-    status = gw.model("tiny")
+    status = await model_status(gw, "tiny")
     assert status["state"] == "ready"
     container = await running_for(engine, prefix, "tiny")
     assert container.name == f"{prefix}_0"
@@ -143,7 +169,7 @@ async def test_starts_a_container_on_demand_and_streams_through_it(
     assert info["Config"]["Labels"][LABEL_INSTANCE]
     assert info["Config"]["Cmd"][:2] == ["--port", str(status["port"])]
     # What the server inside the container printed is what the gateway shows as its logs.
-    logs = httpx.get(gw.url + "/gateway/models/tiny/logs", timeout=10).json()["lines"]
+    logs = (await get_json(gw, "/gateway/models/tiny/logs"))["lines"]
     assert any("Application startup complete." in line for line in logs), logs
 
     # A second request reuses the running container.
@@ -176,11 +202,11 @@ async def test_swapping_two_models_on_one_gpu_removes_the_first_container(
         await engine.containers.get(first.id)
     assert gone.value.status == 404
     await running_for(engine, prefix, "second")
-    assert gw.model("first")["state"] == "stopped"
-    assert gw.model("second")["state"] == "ready"
-    assert gw.status()["gpus"][0]["used_gb"] == 24
+    assert (await model_status(gw, "first"))["state"] == "stopped"
+    assert (await model_status(gw, "second"))["state"] == "ready"
+    assert (await get_json(gw, "/gateway/status"))["gpus"][0]["used_gb"] == 24
 
-    kinds = [(e["model"], e["kind"]) for e in events_of(gw)]
+    kinds = [(e["model"], e["kind"]) for e in await events_of(gw)]
     assert kinds.index(("first", "stopped")) < kinds.index(("second", "starting"))
 
 
@@ -192,13 +218,13 @@ async def test_idle_shutdown_removes_the_container(
     assert resp.status_code == 200, resp.text
     await running_for(engine, prefix, "sleepy")
 
-    gw.wait_state("sleepy", "stopped", timeout=DEADLINE_S)
+    await wait_state(gw, "sleepy", "stopped")
 
     async def removed() -> bool:
         return await containers(engine, prefix) == []
 
     await eventually(removed, "the idle model's container to be removed")
-    assert any(e["kind"] == "idle_stop" for e in events_of(gw))
+    assert any(e["kind"] == "idle_stop" for e in await events_of(gw))
 
 
 async def test_a_crashed_container_gives_502_and_the_next_request_gets_a_new_one(
@@ -213,7 +239,7 @@ async def test_a_crashed_container_gives_502_and_the_next_request_gets_a_new_one
     resp = await post_chat(gw, "flaky")
     assert resp.status_code == 502, resp.text
     assert set(resp.json()["error"]) >= {"message", "type", "code"}
-    gw.wait_counters_zero()
+    await wait_counters_zero(gw)
 
     resp = await post_chat(gw, "flaky")
     assert resp.status_code == 200, resp.text
@@ -224,14 +250,14 @@ async def test_a_crashed_container_gives_502_and_the_next_request_gets_a_new_one
     # Killed behind the gateway's back, with no request in flight: noticed, and
     # the next request starts yet another container.
     await engine.containers.container(recovered.id).kill()
-    gw.wait_state("flaky", "failed", timeout=DEADLINE_S)
+    await wait_state(gw, "flaky", "failed")
     resp = await post_chat(gw, "flaky")
     assert resp.status_code == 200, resp.text
     third = await running_for(engine, prefix, "flaky")
     assert third.id not in (crashing.id, recovered.id)
     assert [c.id for c in await containers(engine, prefix)] == [third.id]
-    assert sum(e["kind"] == "crashed" for e in events_of(gw)) == 2
-    gw.wait_counters_zero()
+    assert sum(e["kind"] == "crashed" for e in await events_of(gw)) == 2
+    await wait_counters_zero(gw)
 
 
 async def test_leftover_labelled_containers_are_removed_when_the_gateway_starts(
@@ -247,7 +273,9 @@ async def test_leftover_labelled_containers_are_removed_when_the_gateway_starts(
     leftover = await engine.containers.create(config, name=f"{prefix}_3")
     await leftover.start()
     stray_labels = {**labels, LABEL_MODEL: "stray"}
-    stray = await engine.containers.create({**config, "Labels": stray_labels}, name=f"{prefix}-stray")
+    stray = await engine.containers.create(
+        {**config, "Labels": stray_labels}, name=f"{prefix}-stray"
+    )
     await stray.start()
 
     gw = start_docker_gateway({"tiny": docker_model(fake_image)})
@@ -255,7 +283,7 @@ async def test_leftover_labelled_containers_are_removed_when_the_gateway_starts(
     names = [c.name for c in await containers(engine, prefix)]
     assert names == [f"{prefix}-stray"]
     assert (await engine.containers.get(f"{prefix}-stray"))._container["State"]["Running"]
-    cleanups = [e["message"] for e in events_of(gw) if e["kind"] == "cleanup"]
+    cleanups = [e["message"] for e in await events_of(gw) if e["kind"] == "cleanup"]
     assert len(cleanups) == 1 and f"{prefix}_3" in cleanups[0], cleanups
 
     # The badly named container is no obstacle to serving.
@@ -280,7 +308,7 @@ async def test_gpu_requests_carry_the_placed_gpu_ids(
         resp = await post_chat(gw, name)
         assert resp.status_code == 200, resp.text
 
-    placed = {name: gw.model(name)["gpus"] for name in ("left", "right", "wide")}
+    placed = {name: (await model_status(gw, name))["gpus"] for name in ("left", "right", "wide")}
     assert sorted(placed["left"] + placed["right"]) == [0, 1]
     assert sorted(placed["wide"]) == [0, 1]
     for name, fraction in (("left", "0.75"), ("right", "0.75"), ("wide", "0.25")):
@@ -298,12 +326,10 @@ async def test_gpu_requests_carry_the_placed_gpu_ids(
 async def test_sigterm_to_the_gateway_leaves_no_container(
     start_docker_gateway: StartGateway, fake_image: str, engine: aiodocker.Docker, prefix: str
 ) -> None:
-    gw = start_docker_gateway(
-        {"one": docker_model(fake_image), "two": docker_model(fake_image)}
-    )
+    gw = start_docker_gateway({"one": docker_model(fake_image), "two": docker_model(fake_image)})
     results = await asyncio.gather(post_chat(gw, "one"), post_chat(gw, "two"))
     assert [r.status_code for r in results] == [200, 200]
     assert len(await containers(engine, prefix)) == 2
 
-    assert gw.stop(signal.SIGTERM) == 0
+    assert await asyncio.to_thread(gw.stop, signal.SIGTERM) == 0
     assert await containers(engine, prefix) == []

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import signal
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -48,7 +47,7 @@ from vllm_proc import DROPPED_ENV, VllmStack
 
 pytestmark = pytest.mark.vllm
 
-ALPHA, BETA, BROKEN = "alpha", "beta", "broken"
+ALPHA, BETA, BROKEN, NO_KV = "alpha", "beta", "broken", "no-kv"
 ALPHA_ALIAS = "tiny-chat"
 GPU_GB, MODEL_GB = 10, 8
 MAX_TOKENS = 8
@@ -67,15 +66,30 @@ def gw(vllm_stack: VllmStack, tmp_path_factory: pytest.TempPathFactory) -> Itera
     # vLLM listens on every interface unless told otherwise.
     local = dataclasses.replace(vllm_stack, extra_args=(*vllm_stack.extra_args, "--host", HOST))
     long_stack = dataclasses.replace(
-        local, extra_args=(*local.extra_args, "--max-model-len", str(LONG_MODEL_LEN)))
+        local, extra_args=(*local.extra_args, "--max-model-len", str(LONG_MODEL_LEN))
+    )
     missing = dataclasses.replace(local, model_dir=tmp / "no-such-model")
+    # Fails inside vLLM's engine, after its child processes started: too little KV cache.
+    no_kv = dataclasses.replace(
+        long_stack, extra_args=(*long_stack.extra_args, "--kv-cache-memory-bytes", "1M")
+    )
     env = vllm_stack.server_env
+    long_env = {**env, "VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"}
     models = {
-        ALPHA: {"command": long_stack.command(), "vram_gb": MODEL_GB, "aliases": [ALPHA_ALIAS],
-                "env": {**env, "VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"}},
-        BETA: {"command": local.command(), "vram_gb": MODEL_GB, "env": env,
-               "idle_timeout_s": IDLE_S},
+        ALPHA: {
+            "command": long_stack.command(),
+            "vram_gb": MODEL_GB,
+            "aliases": [ALPHA_ALIAS],
+            "env": long_env,
+        },
+        BETA: {
+            "command": local.command(),
+            "vram_gb": MODEL_GB,
+            "env": env,
+            "idle_timeout_s": IDLE_S,
+        },
         BROKEN: {"command": missing.command(), "vram_gb": 1, "env": env},
+        NO_KV: {"command": no_kv.command(), "vram_gb": 1, "env": long_env},
     }
     with pytest.MonkeyPatch.context() as patch:
         # The gateway passes its environment on; this one would override --kv-cache-memory-bytes.
@@ -117,25 +131,29 @@ def trees() -> dict[str, list[psutil.Process]]:
 @pytest.fixture
 def client(gw: GatewayProc) -> Iterator[openai.OpenAI]:
     # No retries: a retried 503 would hide the answer under test.
-    sdk = openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", timeout=HTTP_TIMEOUT_S,
-                        max_retries=0)
+    sdk = openai.OpenAI(
+        base_url=gw.url + "/v1", api_key="unused", timeout=HTTP_TIMEOUT_S, max_retries=0
+    )
     yield sdk
     sdk.close()
 
 
 def chat(client: openai.OpenAI, model: str) -> Any:
     return client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "Hello"}], max_tokens=MAX_TOKENS)
+        model=model, messages=[{"role": "user", "content": "Hello"}], max_tokens=MAX_TOKENS
+    )
 
 
 def test_models_lists_every_configured_model_before_any_starts(
-        gw: GatewayProc, client: openai.OpenAI) -> None:
-    assert [m.id for m in client.models.list()] == [ALPHA, BETA, BROKEN]
+    gw: GatewayProc, client: openai.OpenAI
+) -> None:
+    assert [m.id for m in client.models.list()] == [ALPHA, BETA, BROKEN, NO_KV]
     assert {m["state"] for m in gw.status()["models"]} == {"stopped"}
 
 
 def test_wrong_command_is_503_carrying_vllms_own_error(
-        gw: GatewayProc, client: openai.OpenAI) -> None:
+    gw: GatewayProc, client: openai.OpenAI
+) -> None:
     with pytest.raises(openai.APIStatusError) as caught:
         chat(client, BROKEN)
     assert caught.value.status_code == 503
@@ -149,6 +167,21 @@ def test_wrong_command_is_503_carrying_vllms_own_error(
     wait_until(lambda: not gw.model_pids(), 60, what="the failed server's processes to be gone")
 
 
+def test_engine_failure_is_503_naming_the_root_cause(
+    gw: GatewayProc, client: openai.OpenAI
+) -> None:
+    """vLLM prints the engine's error first, then a long traceback of its API server
+    ("Engine core initialization failed. See root cause above.") and warnings: the
+    cause is not among the last lines, yet the 503 must name it."""
+    with pytest.raises(openai.APIStatusError) as caught:
+        chat(client, NO_KV)
+    assert caught.value.status_code == 503
+    message = caught.value.response.json()["error"]["message"]
+    assert "larger than the available KV cache memory" in message, message
+    assert "larger than the available KV cache memory" in gw.model(NO_KV)["error"]
+    wait_until(lambda: not gw.model_pids(), 60, what="the failed engine's processes to be gone")
+
+
 def test_chat_and_completions_non_streaming(gw: GatewayProc, client: openai.OpenAI) -> None:
     reply = chat(client, ALPHA)  # starts alpha
     assert reply.model == ALPHA
@@ -156,8 +189,9 @@ def test_chat_and_completions_non_streaming(gw: GatewayProc, client: openai.Open
     assert isinstance(reply.choices[0].message.content, str)
     assert reply.usage is not None and 1 <= reply.usage.completion_tokens <= MAX_TOKENS
     # An alias is rewritten to the served name, which is the only one vLLM knows.
-    done = client.completions.create(model=ALPHA_ALIAS, prompt="Once upon a time",
-                                     max_tokens=MAX_TOKENS)
+    done = client.completions.create(
+        model=ALPHA_ALIAS, prompt="Once upon a time", max_tokens=MAX_TOKENS
+    )
     assert done.model == ALPHA
     assert isinstance(done.choices[0].text, str)
     assert done.usage is not None and 1 <= done.usage.completion_tokens <= MAX_TOKENS
@@ -168,8 +202,12 @@ def test_chat_and_completions_non_streaming(gw: GatewayProc, client: openai.Open
 
 def test_chat_and_completions_streaming(gw: GatewayProc, client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
-        model=ALPHA, messages=[{"role": "user", "content": "Tell me a story"}],
-        max_tokens=MAX_TOKENS, stream=True, stream_options={"include_usage": True})
+        model=ALPHA,
+        messages=[{"role": "user", "content": "Tell me a story"}],
+        max_tokens=MAX_TOKENS,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
@@ -177,61 +215,87 @@ def test_chat_and_completions_streaming(gw: GatewayProc, client: openai.OpenAI) 
     assert any(texts)
     assert 1 <= chunks[-1].usage.completion_tokens <= MAX_TOKENS
 
-    pieces = list(client.completions.create(model=ALPHA, prompt="Once upon a time",
-                                            max_tokens=MAX_TOKENS, stream=True))
+    pieces = list(
+        client.completions.create(
+            model=ALPHA, prompt="Once upon a time", max_tokens=MAX_TOKENS, stream=True
+        )
+    )
     assert pieces and all(p.model == ALPHA for p in pieces)
     assert pieces[-1].choices[0].finish_reason in ("length", "stop")
     gw.wait_counters_zero(60)
 
 
 def test_status_shows_vllms_own_gauges(gw: GatewayProc) -> None:
-    gauges = wait_until(lambda: backend_gauges(gw, ALPHA), 60, interval=0.2,
-                        what="alpha's backend gauges in /gateway/status")
+    gauges = wait_until(
+        lambda: backend_gauges(gw, ALPHA),
+        60,
+        interval=0.2,
+        what="alpha's backend gauges in /gateway/status",
+    )
     assert set(GAUGES) <= set(gauges), gauges
     assert all(isinstance(gauges[key], (int, float)) for key in GAUGES)
     assert 0 <= gauges["kv_cache_usage_perc"] <= 1
     # vLLM's own output is kept: uvicorn's line that the gateway takes as a hint of readiness.
     lines = httpx.get(gw.url + f"/gateway/models/{ALPHA}/logs?lines=1000", timeout=30).json()
     assert any("Application startup complete" in line for line in lines["lines"])
+
     # Nothing is in flight: once read again, vLLM has nothing running or waiting.
-    wait_until(lambda: (lambda g: g["num_requests_running"] == 0
-                        and g["num_requests_waiting"] == 0)(backend_gauges(gw, ALPHA)),
-               60, interval=0.2, what="alpha's backend gauges at 0")
+    def idle() -> bool:
+        now = backend_gauges(gw, ALPHA) or {}
+        return now.get("num_requests_running") == 0 and now.get("num_requests_waiting") == 0
+
+    wait_until(idle, 60, interval=0.2, what="alpha's backend gauges at 0")
 
 
 def test_client_disconnect_mid_stream_aborts_generation_in_vllm(
-        gw: GatewayProc, client: openai.OpenAI) -> None:
+    gw: GatewayProc, client: openai.OpenAI
+) -> None:
     port = gw.model(ALPHA)["port"]
     length_done = metric(scrape(port), "vllm:request_success_total", finished_reason="length")
     stream = client.completions.create(
-        model=ALPHA, prompt="Once upon a time", max_tokens=LONG_MAX_TOKENS, stream=True,
-        extra_body={"ignore_eos": True})
+        model=ALPHA,
+        prompt="Once upon a time",
+        max_tokens=LONG_MAX_TOKENS,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
     try:
-        received = 0
-        for _ in stream:
-            received += 1
+        for received, _ in enumerate(stream, start=1):
             if received >= 5:
                 break
         # The gateway's status shows vLLM working on it, read from vLLM's own gauges.
-        wait_until(lambda: (backend_gauges(gw, ALPHA) or {}).get("num_requests_running", 0) >= 1,
-                   60, interval=0.2, what="num_requests_running >= 1 in /gateway/status")
+        wait_until(
+            lambda: (backend_gauges(gw, ALPHA) or {}).get("num_requests_running", 0) >= 1,
+            60,
+            interval=0.2,
+            what="num_requests_running >= 1 in /gateway/status",
+        )
         assert gw.model(ALPHA)["in_flight"] == 1
     finally:
         stream.close()  # the client goes away mid-stream
 
-    wait_until(lambda: metric(scrape(port), "vllm:num_requests_running") == 0, 120,
-               interval=0.2, what="vLLM's num_requests_running back to 0")
+    wait_until(
+        lambda: metric(scrape(port), "vllm:num_requests_running") == 0,
+        120,
+        interval=0.2,
+        what="vLLM's num_requests_running back to 0",
+    )
     # Stopped, not finished: a request that ran to max_tokens would count as "length".
     after = scrape(port)
     assert metric(after, "vllm:request_success_total", finished_reason="length") == length_done
     assert metric(after, "vllm:num_requests_waiting") == 0
     gw.wait_counters_zero(60)
-    wait_until(lambda: backend_gauges(gw, ALPHA)["num_requests_running"] == 0, 60,
-               interval=0.2, what="/gateway/status to show vLLM idle again")
+    wait_until(
+        lambda: backend_gauges(gw, ALPHA)["num_requests_running"] == 0,
+        60,
+        interval=0.2,
+        what="/gateway/status to show vLLM idle again",
+    )
 
 
 def test_swap_when_only_one_model_fits(
-        gw: GatewayProc, client: openai.OpenAI, trees: dict[str, list[psutil.Process]]) -> None:
+    gw: GatewayProc, client: openai.OpenAI, trees: dict[str, list[psutil.Process]]
+) -> None:
     alpha_tree = server_tree(gw.model(ALPHA)["pid"])
     # api server, resource tracker, EngineCore, Worker (measured on the CPU build)
     assert len(alpha_tree) >= 3, describe(alpha_tree)
@@ -249,7 +313,8 @@ def test_swap_when_only_one_model_fits(
 
 
 def test_idle_model_is_stopped_with_its_whole_tree(
-        gw: GatewayProc, trees: dict[str, list[psutil.Process]]) -> None:
+    gw: GatewayProc, trees: dict[str, list[psutil.Process]]
+) -> None:
     beta_tree = trees[BETA]
     assert len(beta_tree) >= 3, describe(beta_tree)
     gw.wait_state(BETA, "stopped", timeout=IDLE_S + 120)
@@ -260,7 +325,8 @@ def test_idle_model_is_stopped_with_its_whole_tree(
 
 
 def test_sigterm_of_the_gateway_leaves_no_vllm_process(
-        gw: GatewayProc, client: openai.OpenAI) -> None:
+    gw: GatewayProc, client: openai.OpenAI
+) -> None:
     """Last on purpose: it stops the module's gateway."""
     assert chat(client, ALPHA).model == ALPHA  # starts alpha again
     # No model was restarted behind the tests' back (e.g. health probes timing out under load).

@@ -78,8 +78,7 @@ def describe(procs: Iterable[psutil.Process]) -> list[str]:
     return out
 
 
-def wait_all_gone(procs: list[psutil.Process], what: str,
-                  timeout: float = GONE_TIMEOUT_S) -> None:
+def wait_all_gone(procs: list[psutil.Process], what: str, timeout: float = GONE_TIMEOUT_S) -> None:
     try:
         wait_until(lambda: not any(running(p) for p in procs), timeout, interval=0.2, what=what)
     except AssertionError:
