@@ -332,7 +332,8 @@ def report(plan: Plan, tally: Tally, ending: Ending, rss_start: float, elapsed: 
         *(f"    {kind}: {tally.samples.get(kind, '')[:150]}" for kind in tally.errors()),
         f"backends killed   {tally.kills}",
         f"model starts      {ending.starts:.0f} (swaps and restarts)",
-        "admin loads       " + (json.dumps(dict(sorted(tally.admin.items()))) or "none"),
+        "admin loads       " + (json.dumps(dict(sorted(tally.admin.items())))
+                                 if tally.admin else "none"),
         f"in_flight at end  {ending.in_flight}",
         f"queued at end     {ending.queued}",
         f"/health at end    {'ok' if ending.healthy else 'FAILED'}",
@@ -348,18 +349,21 @@ def report(plan: Plan, tally: Tally, ending: Ending, rss_start: float, elapsed: 
 def main(argv: list[str] | None = None) -> int:
     plan = parse_args(argv)
     models, top = gateway_config(plan)
+    tally = Tally()
     with tempfile.TemporaryDirectory(prefix="vllm-gateway-soak-") as tmp:
         gw = start_gateway(Path(tmp), models, **top)
         try:
             rss_start = rss_mb(gw.proc.pid)
-            tally = Tally()
             started = time.monotonic()
             asyncio.run(drive(gw, plan, tally))
             elapsed = time.monotonic() - started
             ending = finish(gw, tally)
         finally:
+            # Counted above already; whatever happened, leave nothing running on the machine.
             if gw.proc.poll() is None:
-                gw.stop(signal.SIGKILL)
+                gw.stop(signal.SIGTERM)
+            for proc in group_members(tally.groups):
+                proc.kill()
         ok = report(plan, tally, ending, rss_start, elapsed)
         if not ok:
             print("--- gateway log (tail) ---\n" + "\n".join(gw.log().splitlines()[-60:]))

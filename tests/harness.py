@@ -142,7 +142,7 @@ def start_gateway(tmp_path: Path, models: dict[str, Any], *, env: dict[str, str]
                 return httpx.get(gw.url + "/ready", timeout=2).status_code == 200
             except httpx.HTTPError:
                 return False
-        wait_until(up, 30, what="gateway ready")
+        wait_until(up, 90, what="gateway ready")
     return gw
 
 

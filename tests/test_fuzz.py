@@ -22,7 +22,7 @@ from harness import GatewayProc, fake_command, start_gateway
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-# Pinned in the test dependencies; the command-line interface is what is used here.
+# schemathesis (4.32.5, a test dependency) is run through its command line, as a user would.
 SCHEMATHESIS = [sys.executable, "-m", "schemathesis.cli"]
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance," \
          "response_schema_conformance"
@@ -162,10 +162,10 @@ HEADER_VALUES = st.binary(min_size=1, max_size=200).map(
 
 
 @FUZZ
-@given(request_id=HEADER_VALUES, authorization=HEADER_VALUES)
-def fuzz_request_ids(client: httpx.Client, request_id: bytes, authorization: bytes) -> None:
+@given(request_id=HEADER_VALUES)
+def fuzz_request_ids(client: httpx.Client, request_id: bytes) -> None:
     r = client.post("/v1/chat/completions", json={"model": "nope"},
-                    headers={"X-Request-ID": request_id, "Authorization": authorization})
+                    headers={"X-Request-ID": request_id})
     assert r.status_code == 404
     echoed = r.headers["X-Request-ID"]
     if re.fullmatch(rb"[\x21-\x7e]{1,128}", request_id):
@@ -174,7 +174,7 @@ def fuzz_request_ids(client: httpx.Client, request_id: bytes, authorization: byt
         assert re.fullmatch(r"[0-9a-f]{32}", echoed)
 
 
-def test_random_request_ids_and_authorization(gw: GatewayProc) -> None:
+def test_random_request_ids(gw: GatewayProc) -> None:
     with gw.client(timeout=30) as client:
         fuzz_request_ids(client)
     assert_unharmed(gw)

@@ -150,3 +150,15 @@ async def test_idle_reaper_is_one_step_and_skips_busy_models() -> None:
     await settle(manager)
     assert manager.instances["idle"].state is State.STOPPED
     assert manager.instances["busy"].state is State.READY
+
+
+async def test_a_port_taken_before_the_server_binds_it_is_picked_again() -> None:
+    manager, launcher = make({"m": 0}, auto_healthy=False)
+    inst = manager.instances["m"]
+    waiter = asyncio.create_task(manager.ensure_ready(inst))
+    await wait_for(lambda: launcher.handles)
+    launcher.auto_healthy = True
+    launcher.handles[0].crash(1, "OSError: [Errno 98] Address already in use")
+    await asyncio.wait_for(waiter, 5)
+    assert inst.state is State.READY and inst.failed_starts == 0
+    assert len(launcher.handles) == 2

@@ -10,6 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 from harness import GatewayProc, chat, fake_command, start_gateway, wait_until
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from security_helpers import (
     assert_settled,
     bearer,
@@ -69,6 +71,23 @@ def test_v1_needs_a_key_that_may_use_the_model(auth_gw: GatewayProc) -> None:
     r = httpx.post(url, json=chat("beta"), headers=bearer(ADMIN_SECRET), timeout=60)
     assert r.status_code == 200, r.text
     assert_settled(auth_gw)
+
+
+@settings(max_examples=80, deadline=None, derandomize=True)
+@given(value=st.binary(min_size=1, max_size=120).map(
+    # What HTTP lets through in a header value: visible ASCII and the rest of Latin-1.
+    lambda raw: bytes(b if 0x21 <= b <= 0x7e or b >= 0x80 else 0x20 for b in raw).strip()
+    or b"x"))
+def fuzz_authorization(client: httpx.Client, value: bytes) -> None:
+    for header in (value, b"Bearer " + value):
+        r = client.post("/v1/chat/completions", json=chat("alpha"),
+                        headers={"Authorization": header})
+        assert error_of(r, 401)["type"] == "authentication_error"
+
+
+def test_any_other_authorization_is_a_401(auth_gw: GatewayProc) -> None:
+    with auth_gw.client(timeout=10) as client:
+        fuzz_authorization(client)
 
 
 def test_models_list_shows_what_the_key_may_use(auth_gw: GatewayProc) -> None:

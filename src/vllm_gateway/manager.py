@@ -35,6 +35,7 @@ log = logging.getLogger("vllm_gateway.manager")
 
 Progress = Callable[[float], Awaitable[None]]
 PROGRESS_EVERY_S = 2.0
+PORT_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -200,17 +201,7 @@ class Manager:
         try:
             if evictions:
                 await asyncio.gather(*evictions, return_exceptions=True)
-            inst.port = free_port()
-            spec = LaunchSpec(inst.cfg, inst.port, inst.placement or (), inst.gpu_memory_utilization)
-            self.events.add(inst.name, "starting", f"on port {inst.port}, GPUs {list(spec.gpu_ids)}")
-            launcher = self.launchers[inst.cfg.launcher]
-            try:
-                inst.handle = await launcher.start(spec)
-            finally:
-                inst.launched = True
-            self.metrics.starts.labels(inst.name).inc()
-            deadline = began + inst.cfg.startup_timeout_s
-            await wait_healthy(self.probe, inst.handle, inst.cfg.health_path, deadline)
+            await self._launch_until_healthy(inst, began + inst.cfg.startup_timeout_s)
         except asyncio.CancelledError:
             await self._release(inst, inst.state)
             raise
@@ -229,6 +220,29 @@ class Manager:
         assert handle is not None
         asyncio.create_task(self._watch_exit(inst, handle))
         return None
+
+    async def _launch_until_healthy(self, inst: Instance, deadline: float) -> None:
+        launcher = self.launchers[inst.cfg.launcher]
+        for attempt in range(PORT_ATTEMPTS):
+            # The port is free when picked but another process may take it before the server
+            # binds it; that is the gateway's race, not the model's failure, so pick again.
+            inst.port = free_port()
+            spec = LaunchSpec(inst.cfg, inst.port, inst.placement or (), inst.gpu_memory_utilization)
+            self.events.add(inst.name, "starting", f"on port {inst.port}, GPUs {list(spec.gpu_ids)}")
+            try:
+                inst.handle = await launcher.start(spec)
+            finally:
+                inst.launched = True
+            self.metrics.starts.labels(inst.name).inc()
+            try:
+                await wait_healthy(self.probe, inst.handle, inst.cfg.health_path, deadline)
+                return
+            except StartFailed:
+                lost_port = any("address already in use" in line.lower()
+                                for line in inst.last_lines(5))
+                if not lost_port or attempt == PORT_ATTEMPTS - 1:
+                    raise
+                await inst.handle.stop(self.config.faults.stop_grace_s)
 
     async def _start_failed(self, inst: Instance, exc: Exception) -> GatewayError:
         lines = inst.last_lines(20)
