@@ -200,3 +200,34 @@ def test_unload_waits_for_in_flight_requests(gateway) -> None:
     assert result["code"] == 200
     # A new request starts it again.
     assert httpx.post(gw.url + "/v1/chat/completions", json=chat("m"), timeout=60).status_code == 200
+
+
+def test_steady_traffic_does_not_starve_a_model_waiting_for_its_memory(gateway) -> None:
+    models = {"steady": {"command": fake_command("--token-delay", "0.02"), "vram_gb": 24},
+              "rare": {"command": fake_command(), "vram_gb": 24, "startup_timeout_s": 20}}
+    gw = gateway(models, gpus=[{"id": 0, "vram_gb": 40}])
+    stop = threading.Event()
+    codes: list[int] = []
+
+    def traffic() -> None:
+        # Overlapping requests: 'steady' is never idle while this runs.
+        with httpx.Client(base_url=gw.url, timeout=60) as c:
+            while not stop.is_set():
+                codes.append(c.post("/v1/chat/completions",
+                                    json=chat("steady", max_tokens=10)).status_code)
+
+    workers = [threading.Thread(target=traffic) for _ in range(3)]
+    for w in workers:
+        w.start()
+    try:
+        wait_until(lambda: len(codes) >= 6, 30, what="steady traffic")
+        r = httpx.post(gw.url + "/v1/chat/completions", json=chat("rare"), timeout=60)
+        assert r.status_code == 200, r.text
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(60)
+    # The steady model's requests waited behind the swap and were then served again.
+    assert set(codes) == {200}
+    gw.wait_counters_zero()
+    assert_accounting(gw)

@@ -69,6 +69,8 @@ class Instance:
         self.retry_at: float | None = None  # monotonic time before which no start is tried
         self.backend_metrics: dict[str, float] | None = None
         self.failed_probes = 0
+        # Arrival times of requests for other models waiting for the memory this one holds.
+        self.pressure: list[float] = []
 
     @property
     def state(self) -> State:
@@ -87,8 +89,16 @@ class Instance:
     def busy(self) -> bool:
         return not self.limiter.idle or self.committed > 0
 
+    def pressed_before(self, arrived: float) -> bool:
+        """Whether a request for another model, waiting for this one's memory, came first."""
+        return any(t < arrived for t in self.pressure)
+
     def evictable(self) -> bool:
-        return (self.state is State.READY and not self.busy() and not self.cfg.pinned
+        # Under pressure, requests still waiting in the queue do not hold the model: they
+        # arrived after the request that needs the room, and will start it again afterwards.
+        holds = self.committed > 0 or self.limiter.in_flight > 0 or (
+            self.limiter.queued > 0 and not self.pressure)
+        return (self.state is State.READY and not holds and not self.cfg.pinned
                 and not self.draining and self.transition_done())
 
     def transition_done(self) -> bool:

@@ -41,3 +41,13 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
     # aiohttp's own access log would duplicate the gateway's one line per request.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(_drop_malformed_http)
+
+
+def _drop_malformed_http(record: logging.LogRecord) -> bool:
+    """aiohttp answers malformed HTTP with a 400 itself and logs a traceback for each one; a
+    client could flood the log that way, so those records are dropped (real errors stay)."""
+    from aiohttp.http_exceptions import BadHttpMessage, BadStatusLine
+
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, (BadHttpMessage, BadStatusLine))

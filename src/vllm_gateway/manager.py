@@ -103,16 +103,32 @@ class Manager:
                 self.changes.notify()
 
     async def ensure_ready(self, inst: Instance, progress: Progress | None = None) -> None:
-        """Return once the model is ready, starting it (and evicting others) if needed."""
+        """Return once the model is ready, starting it (and evicting others) if needed.
+
+        A request that finds no room presses the busy models holding it: their requests that
+        arrive later wait behind it, so the holders drain and can be swapped out. Requests are
+        thus served first come, first served across models, and a model with steady traffic
+        cannot starve another that shares its GPU.
+        """
+        started = asyncio.get_running_loop().time()
+        pressed: list[Instance] = []
+        try:
+            await self._ensure_ready(inst, progress, started, pressed)
+        finally:
+            for holder in pressed:
+                holder.pressure.remove(started)
+                holder.changes.notify()
+
+    async def _ensure_ready(self, inst: Instance, progress: Progress | None, started: float,
+                            pressed: list[Instance]) -> None:
         loop = asyncio.get_running_loop()
-        started = loop.time()
         deadline = started + inst.cfg.startup_timeout_s
         next_tick = started + PROGRESS_EVERY_S
         while True:
             if self.closing:
                 raise BackendUnavailable("the gateway is shutting down")
             state = inst.state
-            if state is State.READY and not inst.draining:
+            if state is State.READY and not inst.draining and not inst.pressed_before(started):
                 return
             now = loop.time()
             if progress is not None and now >= next_tick:
@@ -134,6 +150,11 @@ class Manager:
                 if isinstance(decision, planner.Impossible):
                     raise BackendUnavailable(f"model {inst.name} cannot be placed: {decision.message}")
                 if isinstance(decision, planner.NoRoom):
+                    for name in decision.holders:
+                        holder = self.instances[name]
+                        if holder not in pressed and not holder.cfg.pinned:
+                            holder.pressure.append(started)
+                            pressed.append(holder)
                     if loop.time() >= deadline:
                         raise BackendUnavailable(
                             f"no room to start model {inst.name} within {inst.cfg.startup_timeout_s:g} s: "

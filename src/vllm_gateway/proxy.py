@@ -62,7 +62,7 @@ def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     out: CIMultiDict[str] = CIMultiDict()
     for key, value in headers.items():
         lower = key.lower()
-        if _hop_by_hop(lower, listed) or lower in ("content-encoding", "date", "server"):
+        if _hop_by_hop(lower, listed) or lower in ("date", "server"):
             continue
         out.add(key, value)
     return out
