@@ -12,9 +12,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import psutil
@@ -84,9 +85,11 @@ class GatewayProc:
         raise KeyError(name)
 
     def wait_state(self, name: str, state: str, timeout: float = 30.0) -> dict[str, Any]:
-        found: dict[str, Any] = wait_until(
-            lambda: (lambda m: m if m["state"] == state else None)(self.model(name)),
-            timeout, what=f"model {name} to be {state}")
+        def reached() -> dict[str, Any] | None:
+            model = self.model(name)
+            return model if model["state"] == state else None
+
+        found: dict[str, Any] = wait_until(reached, timeout, what=f"model {name} to be {state}")
         return found
 
     def wait_counters_zero(self, timeout: float = 20.0) -> None:

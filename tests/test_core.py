@@ -10,7 +10,6 @@ import httpx
 import openai
 import psutil
 import pytest
-
 from harness import chat, descendants, fake_command, sse_events, wait_until
 
 
@@ -143,15 +142,19 @@ def test_crash_mid_request_is_502_then_recovers(gateway) -> None:
 
 def test_client_disconnect_closes_the_upstream(gateway) -> None:
     gw = gateway({"slowstream": {"command": fake_command("--token-delay", "0.2", "--tokens", "200")}})
-    with httpx.Client(base_url=gw.url, timeout=30) as c:
-        with c.stream("POST", "/v1/chat/completions", json=chat("slowstream", stream=True)) as r:
-            assert r.status_code == 200
-            for line in r.iter_lines():
-                if "tok1" in line:
-                    break
+    with httpx.Client(base_url=gw.url, timeout=30) as c, c.stream(
+            "POST", "/v1/chat/completions", json=chat("slowstream", stream=True)) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if "tok1" in line:
+                break
     port = gw.model("slowstream")["port"]
-    stats = wait_until(lambda: (lambda s: s if s["disconnects"] == 1 and s["in_flight"] == 0 else None)(
-        httpx.get(f"http://127.0.0.1:{port}/fake/stats").json()), 10, what="backend saw disconnect")
+
+    def disconnect_seen() -> dict | None:
+        stats = httpx.get(f"http://127.0.0.1:{port}/fake/stats").json()
+        return stats if stats["disconnects"] == 1 and stats["in_flight"] == 0 else None
+
+    stats = wait_until(disconnect_seen, 10, what="backend saw disconnect")
     assert stats["completed"] == 0
     gw.wait_counters_zero()
 

@@ -10,7 +10,6 @@ import threading
 
 import httpx
 import psutil
-
 from harness import PY, chat, fake_command, start_gateway, wait_until
 
 FAST_FAULTS = {"start_backoff_s": 1, "start_backoff_max_s": 30, "max_failed_starts": 2,
@@ -161,7 +160,7 @@ def test_shutdown_drains_then_cancels(gateway) -> None:
             results["endless"] = r.read().decode()
 
     for name in ("quick", "endless"):
-        httpx.post(gw.url + "/gateway/models/%s/load" % name, timeout=30)
+        httpx.post(f"{gw.url}/gateway/models/{name}/load", timeout=30)
     threads = [threading.Thread(target=quick), threading.Thread(target=endless)]
     for t in threads:
         t.start()

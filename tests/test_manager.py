@@ -71,7 +71,7 @@ async def test_unload_while_starting_stops_the_server_and_frees_the_memory() -> 
 
 
 async def test_two_claims_never_evict_the_same_model_twice() -> None:
-    manager, launcher = make({"old": 30, "a": 30, "b": 30}, gpus=[40, 40])
+    manager, _ = make({"old": 30, "a": 30, "b": 30}, gpus=[40, 40])
     await manager.ensure_ready(manager.instances["old"])
     other_gpu = 1 - manager.instances["old"].placement[0]  # type: ignore[index]
     # Hold the other GPU with a busy model so both a and b need old's GPU.
@@ -140,7 +140,7 @@ async def test_shutdown_during_start_stops_everything() -> None:
 
 
 async def test_idle_reaper_is_one_step_and_skips_busy_models() -> None:
-    manager, launcher = make({"idle": 0, "busy": 0}, idle_timeout_s=0.01)
+    manager, _ = make({"idle": 0, "busy": 0}, idle_timeout_s=0.01)
     for inst in manager.instances.values():
         await manager.ensure_ready(inst)
     async with manager.instances["busy"].limiter.admit():

@@ -6,7 +6,6 @@ import threading
 
 import httpx
 import psutil
-
 from harness import chat, fake_command, wait_until
 
 

@@ -7,8 +7,9 @@ import contextlib
 import json
 import logging
 import re
+from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -16,8 +17,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .admission import QueueFull
 from .auth import Authenticator
 from .config import GatewayConfig
-from .errors import (BadRequest, BackendUnavailable, GatewayError, MethodNotAllowed, NotFound,
-                     PayloadTooLarge, TooManyRequests)
+from .errors import (
+    BackendUnavailable,
+    BadRequest,
+    GatewayError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    TooManyRequests,
+)
 from .gateway import Gateway
 from .launchers.base import Launcher
 from .openapi import OPENAPI

@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .config import AuthConfig, AuthKey
 from .errors import Forbidden, TooManyRequests, Unauthorized

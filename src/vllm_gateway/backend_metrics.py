@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -38,7 +36,7 @@ async def scrape_backend_metrics(session: aiohttp.ClientSession, base_url: str,
             if resp.status != 200:
                 return None
             text = await resp.text()
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, UnicodeDecodeError):
+    except (TimeoutError, aiohttp.ClientError, OSError, UnicodeDecodeError):
         return None
     found = parse_vllm_metrics(text)
     return found or None

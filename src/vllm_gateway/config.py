@@ -9,8 +9,9 @@ and validates every value with the key path in its error message.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import Literal
 
 LauncherKind = Literal["subprocess", "docker"]
 

@@ -13,17 +13,18 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import aiohttp
 
 from . import planner
+from .backend_metrics import scrape_backend_metrics
 from .config import GatewayConfig
 from .events import EventLog
 from .gpu import GpuDiscoveryError, NvmlReader, inventory, open_nvml
-from .backend_metrics import scrape_backend_metrics
-from .launchers.base import LaunchError, Launcher
+from .launchers.base import Launcher, LaunchError
 from .launchers.pgroups import GroupRecords
 from .launchers.subprocess import SubprocessLauncher
 from .lifecycle import State
@@ -172,7 +173,7 @@ class Gateway:
             async with self.probe_session.get(
                     url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
                 return resp.status == 200
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        except (TimeoutError, aiohttp.ClientError, OSError):
             return False
 
     async def _idle_loop(self) -> None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .admission import Limiter
 from .config import FaultConfig, ModelConfig
@@ -34,7 +35,7 @@ class Changes:
         self._waiting += 1
         try:
             await asyncio.wait_for(event.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         finally:
             self._waiting -= 1

@@ -8,7 +8,7 @@ happens rather than as a model stuck in a state nobody expected.
 from __future__ import annotations
 
 import enum
-from typing import Callable
+from collections.abc import Callable
 
 
 class State(str, enum.Enum):

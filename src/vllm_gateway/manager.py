@@ -16,9 +16,9 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable, Mapping
 
 from . import planner
 from .config import GatewayConfig
@@ -27,7 +27,7 @@ from .events import EventLog
 from .gpu import NvmlReader, wait_released
 from .health import StartFailed, StartTimedOut, wait_healthy
 from .instance import Changes, Instance
-from .launchers.base import LaunchError, Launcher, LaunchSpec, ServerHandle
+from .launchers.base import Launcher, LaunchError, LaunchSpec, ServerHandle
 from .lifecycle import State
 from .metrics import Metrics
 
@@ -327,7 +327,7 @@ class Manager:
             if handle is not None:
                 try:
                     await handle.stop(self.config.faults.stop_grace_s)
-                except Exception as exc:  # an engine error must not wedge the model
+                except Exception as exc:  # noqa: BLE001 - an engine error must not wedge the model
                     log.error("model %s: stopping its server failed: %s", inst.name, exc)
                     self.events.add(inst.name, "stop_failed", str(exc))
             if self.nvml is not None and inst.placement:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -104,7 +105,7 @@ class Proxy:
                             ctx.request_id, lease.instance.name, attempt, self.retry.max_retries, delay)
                 await asyncio.sleep(delay)
                 delay *= self.retry.backoff
-            except asyncio.TimeoutError as exc:
+            except TimeoutError as exc:
                 raise BackendTimeout(f"model {lease.instance.name} sent no answer within "
                                      f"{timeout_s:g} s") from exc
             except aiohttp.ClientError as exc:
@@ -122,7 +123,7 @@ class Proxy:
                 first = await chunks.__anext__()
             except StopAsyncIteration:
                 first = b""
-            except asyncio.TimeoutError as exc:
+            except TimeoutError as exc:
                 raise BackendTimeout(f"model {cfg.name} sent no answer within "
                                      f"{cfg.request_timeout_s:g} s") from exc
             except aiohttp.ClientError as exc:
@@ -138,7 +139,7 @@ class Proxy:
                 async for chunk in chunks:
                     counter.feed(chunk, is_stream)
                     await sink.write(chunk)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 ctx.error = "stream stalled"
                 await sink.abort(BackendTimeout(f"model {cfg.name} sent nothing for "
                                                 f"{cfg.request_timeout_s:g} s mid-answer"))

@@ -9,8 +9,9 @@ implement these two small interfaces.
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol
+from typing import Protocol
 
 from ..config import ModelConfig
 

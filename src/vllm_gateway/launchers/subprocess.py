@@ -19,7 +19,7 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
 import psutil
 
@@ -196,14 +196,17 @@ class SubprocessLauncher:
         env.setdefault("PYTHONUNBUFFERED", "1")
         logs = LogBuffer()
         try:
-            popen = subprocess.Popen(
+            # Popen rather than asyncio's subprocess (see the module docstring); the fork is
+            # quick and preexec_fn runs in the event loop's thread, the one the
+            # parent-death signal is tied to.
+            popen = subprocess.Popen(  # noqa: ASYNC220
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509
             )
         except OSError as exc:
             raise LaunchError(f"cannot run {argv[0]!r} for model {model.name}: {exc}") from exc
