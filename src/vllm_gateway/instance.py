@@ -92,7 +92,7 @@ class Instance:
 
     def pressed_before(self, arrived: float) -> bool:
         """Whether a request for another model, waiting for this one's memory, came first."""
-        return any(t < arrived for t in self.pressure)
+        return bool(self.pressure) and min(self.pressure) < arrived
 
     def evictable(self) -> bool:
         # Under pressure, requests still waiting in the queue do not hold the model: they

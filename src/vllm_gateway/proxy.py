@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 
 import aiohttp
 from aiohttp import web
@@ -265,51 +266,39 @@ def held_as_event(status: int, body: bytes) -> bytes:
 
 
 class UsageCounter:
-    """Counts tokens from the backend's ``usage`` without parsing every chunk.
+    """Counts tokens from the backend's ``usage`` without parsing the answer.
 
-    A stream reports usage in its last event, so only the stream's last few KB are
-    kept (a rolling window, trimmed in bulk so that each chunk costs an append); a
-    JSON answer is parsed whole, up to 1 MB.
+    OpenAI-style answers carry ``usage`` near their end (a stream in its last event), so only
+    the last few KB are kept (a rolling window, trimmed in bulk so each chunk costs an append)
+    and the two counts are read from the last ``"usage"`` object in it. A JSON parse of every
+    answer would cost more than the rest of the proxy path for large ones (embeddings).
     """
 
     TAIL = 4096
+    COUNT = re.compile(rb'"(prompt|completion)_tokens"\s*:\s*(\d+)')
 
     def __init__(self, metrics: Metrics, model: str) -> None:
         self.metrics, self.model = metrics, model
-        self.buffer = bytearray()
         self.tail = bytearray()
 
-    def feed(self, chunk: bytes, is_stream: bool) -> None:
-        if is_stream:
-            self.tail += chunk
-            if len(self.tail) > 2 * self.TAIL:
-                del self.tail[:-self.TAIL]
-        elif len(self.buffer) < (1 << 20):
-            self.buffer += chunk
+    def feed(self, chunk: bytes, is_stream: bool = True) -> None:
+        self.tail += chunk
+        if len(self.tail) > 2 * self.TAIL:
+            del self.tail[:-self.TAIL]
 
-    def finish(self, is_stream: bool) -> None:
-        usage = self._usage(bytes(self.tail if is_stream else self.buffer), is_stream)
-        if usage:
-            for kind in ("prompt_tokens", "completion_tokens"):
-                value = usage.get(kind)
-                if isinstance(value, int) and value >= 0:
-                    self.metrics.tokens.labels(self.model, kind.split("_")[0]).inc(value)
+    def finish(self, is_stream: bool = True) -> None:
+        for kind, value in self.counts(bytes(self.tail)).items():
+            self.metrics.tokens.labels(self.model, kind).inc(value)
 
-    @staticmethod
-    def _usage(data: bytes, is_stream: bool) -> dict[str, object] | None:
-        candidates: list[bytes] = []
-        if is_stream:
-            candidates = [line[5:] for line in data.split(b"\n") if line.startswith(b"data:")
-                          and b'"usage"' in line]
-        elif data:
-            candidates = [data]
-        for raw in reversed(candidates):
-            try:
-                doc = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(doc, dict) and isinstance(doc.get("usage"), dict):
-                usage: dict[str, object] = doc["usage"]
-                return usage
-        return None
+    @classmethod
+    def counts(cls, data: bytes) -> dict[str, int]:
+        at = data.rfind(b'"usage"')
+        if at < 0:
+            return {}
+        # The usage object is flat and small; nested *_details keys do not match the pattern.
+        window = data[at:at + 512]
+        end = window.find(b"}")
+        found = {m.group(1).decode(): int(m.group(2))
+                 for m in cls.COUNT.finditer(window[:end] if end > 0 else window)}
+        return found
 

@@ -52,10 +52,9 @@ ALPHA_ALIAS = "tiny-chat"
 GPU_GB, MODEL_GB = 10, 8
 MAX_TOKENS = 8
 # Long enough that a stream the client abandons would still be generating for
-# a minute or more (270-1,100 tokens/s here), so a finished "length" request
-# would show that the disconnect did not reach vLLM. While vLLM generates, the
-# rest of a 2-core machine (gateway, test client) can stall for many seconds:
-# 32,000 tokens leave room for that. The tiny model allows 32,768 positions.
+# half a minute or more (270-1,100 tokens/s here), so a finished "length"
+# request would show that the disconnect did not reach vLLM. The tiny model
+# allows 32,768 positions.
 LONG_MODEL_LEN, LONG_MAX_TOKENS = 32768, 32000
 IDLE_S = 15
 HEALTH_INTERVAL_S = 1.0
@@ -103,8 +102,8 @@ def gw(vllm_stack: VllmStack, tmp_path_factory: pytest.TempPathFactory) -> Itera
             env={"LOG_LEVEL": "DEBUG"},
             gpus=[{"id": 0, "vram_gb": GPU_GB}],
             defaults={"startup_timeout_s": 300, "request_timeout_s": 300},
-            # Probes time out while vLLM starves a 2-core machine during a long
-            # stream; a busy backend must not be restarted for that here.
+            # Probes can time out while a loaded 2-core machine stalls every
+            # process for seconds; a busy backend must not be restarted for that here.
             faults={"health_interval_s": HEALTH_INTERVAL_S, "unhealthy_probes": 10,
                     "stop_grace_s": 30},
             server={"shutdown_timeout_s": 60},
@@ -255,7 +254,16 @@ def test_status_shows_vllms_own_gauges(gw: GatewayProc) -> None:
 def test_client_disconnect_mid_stream_aborts_generation_in_vllm(
     gw: GatewayProc, client: openai.OpenAI
 ) -> None:
-    port = gw.model(ALPHA)["port"]
+    """The client leaves mid-stream: vLLM must abort the request, not finish it.
+
+    While vLLM generates flat out, this 2-core machine starves every other
+    process (gateway and test client included) for up to a minute. So once the
+    stream runs, vLLM's Worker is paused (SIGSTOP): the request stays running in
+    vLLM, nothing else is starved, and the client leaves before it could finish.
+    """
+    alpha = gw.model(ALPHA)
+    port = alpha["port"]
+    worker = next(p for p in server_tree(alpha["pid"]) if "Worker" in p.name())
     length_done = metric(scrape(port), "vllm:request_success_total", finished_reason="length")
     stream = client.completions.create(
         model=ALPHA,
@@ -268,19 +276,23 @@ def test_client_disconnect_mid_stream_aborts_generation_in_vllm(
         for received, _ in enumerate(stream, start=1):
             if received >= 5:
                 break
-        # The gateway's status shows vLLM working on it, read from vLLM's own gauges.
-        wait_until(
-            lambda: (backend_gauges(gw, ALPHA) or {}).get("num_requests_running", 0) >= 1,
-            60,
-            interval=0.2,
-            what="num_requests_running >= 1 in /gateway/status",
-        )
-        assert gw.model(ALPHA)["in_flight"] == 1
-        assert metric(scrape(port), "vllm:num_requests_running") == 1, (
-            "the stream ended before the client left: this machine is too slow for the test"
-        )
+        worker.suspend()
+        try:
+            assert metric(scrape(port), "vllm:num_requests_running") == 1, (
+                "the stream ended before the client left: this machine is too slow for the test"
+            )
+            # The gateway's status shows vLLM working on it, read from vLLM's own gauges.
+            wait_until(
+                lambda: (backend_gauges(gw, ALPHA) or {}).get("num_requests_running", 0) >= 1,
+                60,
+                interval=0.2,
+                what="num_requests_running >= 1 in /gateway/status",
+            )
+            assert gw.model(ALPHA)["in_flight"] == 1
+        finally:
+            stream.close()  # the client goes away mid-stream
     finally:
-        stream.close()  # the client goes away mid-stream
+        worker.resume()
 
     wait_until(
         lambda: metric(scrape(port), "vllm:num_requests_running") == 0,
