@@ -4,9 +4,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
-from harness import GatewayProc, start_gateway
+from harness import GatewayProc, start_gateway, stop_leaving_nothing
 
 
 @pytest.fixture
@@ -21,13 +20,4 @@ def gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProc]]:
 
     yield start
     for gw in started:
-        children = []
-        try:
-            children = psutil.Process(gw.proc.pid).children(recursive=True)
-        except psutil.Error:
-            pass
-        gw.stop()
-        _, alive = psutil.wait_procs(children, timeout=15)
-        for proc in alive:
-            proc.kill()
-        assert not alive, f"processes left behind by the gateway: {alive}"
+        stop_leaving_nothing(gw)

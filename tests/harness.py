@@ -113,6 +113,20 @@ class GatewayProc:
             return self.proc.wait(10)
 
 
+def stop_leaving_nothing(gw: GatewayProc) -> None:
+    """SIGTERM the gateway and fail if any process it started outlives it."""
+    children: list[psutil.Process] = []
+    try:
+        children = psutil.Process(gw.proc.pid).children(recursive=True)
+    except psutil.Error:
+        pass
+    gw.stop()
+    _, alive = psutil.wait_procs(children, timeout=15)
+    for proc in alive:
+        proc.kill()
+    assert not alive, f"processes left behind by the gateway: {alive}"
+
+
 def write_config(path: Path, models: dict[str, Any], **top: Any) -> Path:
     doc: dict[str, Any] = {"models": models}
     doc.update(top)

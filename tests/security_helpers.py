@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
-from harness import GatewayProc, fake_command, start_gateway
+from harness import GatewayProc, fake_command, start_gateway, stop_leaving_nothing
 
 
 @contextmanager
@@ -22,16 +21,7 @@ def running(tmp: Path, models: dict[str, Any], **kwargs: Any) -> Iterator[Gatewa
     try:
         yield gw
     finally:
-        children = []
-        try:
-            children = psutil.Process(gw.proc.pid).children(recursive=True)
-        except psutil.Error:
-            pass
-        gw.stop()
-        _, alive = psutil.wait_procs(children, timeout=15)
-        for proc in alive:
-            proc.kill()
-        assert not alive, f"processes left behind by the gateway: {alive}"
+        stop_leaving_nothing(gw)
 
 
 def two_models() -> dict[str, Any]:
