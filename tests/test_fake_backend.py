@@ -152,7 +152,7 @@ async def test_port_refused_while_loading_then_open(started: Callable[..., Backe
     assert "--worker-of" in worker.cmdline()
     assert os.getpgid(worker.pid) == backend.proc.pid
     await wait_port(backend.port, START_TIMEOUT_S, alive=backend.alive)
-    await poll(lambda: "Application startup complete." in backend.stdout())
+    await poll(lambda: "Application startup complete." in backend.stderr())  # on stderr, as in vLLM
 
 
 async def test_health_and_models(shared: Backend, http: aiohttp.ClientSession) -> None:
@@ -339,9 +339,13 @@ async def test_disconnect_stops_generation(shared: Backend, http: aiohttp.Client
 async def test_fail_start(started: Callable[..., Backend]) -> None:
     backend = started("--fail-start", "--startup-delay", "0.1")
     assert await asyncio.to_thread(backend.proc.wait, START_TIMEOUT_S) == 1
-    assert backend.stderr().rstrip("\n").splitlines()[-1] == OOM
+    lines = backend.stderr().rstrip("\n").splitlines()
+    # As with real vLLM, the cause comes first and the API server's generic error after it.
+    assert OOM in lines and lines.index(OOM) < len(lines) - 1
+    assert any(line.startswith("RuntimeError: Engine core initialization failed")
+               for line in lines[lines.index(OOM):])
     assert "Loading model" in backend.stdout()
-    assert "Application startup complete." not in backend.stdout()
+    assert "Application startup complete." not in backend.stdout() + backend.stderr()
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -391,7 +395,7 @@ async def test_sigterm_stops_main_and_worker_despite_hung_health(
     assert time.monotonic() - started_at < 5
     with pytest.raises(aiohttp.ClientError):
         await hung
-    assert "Application shutdown complete." in backend.stdout()
+    assert "Application shutdown complete." in backend.stderr()
 
 
 def test_bad_arguments_are_explained() -> None:

@@ -30,14 +30,13 @@ from .gateway import Gateway
 from .launchers.base import Launcher
 from .openapi import OPENAPI
 from .proxy import NotDelivered, ResponseSink
-from .reqctx import RequestContext, new_request_id
+from .reqctx import CLIENT_CLOSED, RequestContext, new_request_id
 
 log = logging.getLogger("vllm_gateway.app")
 
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 AUTH_KEY: web.AppKey[Authenticator] = web.AppKey("auth", Authenticator)
 MAX_BODY_KEY: web.AppKey[int] = web.AppKey("max_body", int)
-CLIENT_CLOSED = 499  # nginx's convention for "the client went away first"
 # A client's X-Request-ID is kept only when it is short visible ASCII: it is echoed in
 # headers, forwarded to backends and written to every log line.
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
@@ -196,7 +195,7 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
             return _refuse(ctx, err)
     except asyncio.CancelledError:
         if not gateway.shutting_down:
-            ctx.status, ctx.error = CLIENT_CLOSED, "client disconnected"
+            ctx.client_left()
             raise
         # Cancelled by the shutdown deadline: the client is still there, tell it why.
         shut = BackendUnavailable("the gateway shut down before the answer finished")
@@ -206,7 +205,7 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
         with contextlib.suppress(ConnectionError):
             await sink.abort(shut)
     except ConnectionError:
-        ctx.status, ctx.error = CLIENT_CLOSED, "client disconnected"
+        ctx.client_left()
     finally:
         if task is not None:
             gateway.active.discard(task)

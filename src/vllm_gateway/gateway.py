@@ -194,7 +194,8 @@ class Gateway:
         base = inst.base_url
         if base is None:
             return
-        timeout = max(1.0, min(self.config.faults.health_interval_s, 5.0))
+        # A busy server may answer slowly; only silence for this long counts as a failed probe.
+        timeout = max(2.0, min(2 * self.config.faults.health_interval_s, 10.0))
         healthy = await self.probe(base + inst.cfg.health_path, timeout)
         if healthy:
             inst.failed_probes = 0

@@ -147,5 +147,6 @@ class Instance:
             "failed_starts": self.failed_starts,
             "retry_in_s": round(max(self.retry_at - now, 0.0), 1)
             if self.retry_at is not None and self.state is State.FAILED else None,
-            "backend": self.backend_metrics,
+            # vLLM's own gauges are stale once the server is gone.
+            "backend": self.backend_metrics if self.state is State.READY else None,
         }

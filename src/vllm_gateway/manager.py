@@ -268,8 +268,10 @@ class Manager:
     async def _start_failed(self, inst: Instance, exc: Exception) -> GatewayError:
         lines = inst.last_lines(20)
         inst.failed_starts += 1
-        # The last line a server printed is usually its reason (e.g. CUDA out of memory).
-        reason = next((line.strip() for line in reversed(lines) if line.strip()), "")
+        # StartFailed already names the exception lines of the output; otherwise the last line
+        # a server printed is the best guess at its reason.
+        reason = "" if isinstance(exc, StartFailed) else next(
+            (line.strip() for line in reversed(lines) if line.strip()), "")
         inst.last_error = f"{exc}: {reason}" if reason else str(exc)
         inst.starting_since = None
         inst.life.move(State.FAILED)

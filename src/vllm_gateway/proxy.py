@@ -139,6 +139,10 @@ class Proxy:
             try:
                 async for chunk in chunks:
                     counter.feed(chunk, is_stream)
+                    if is_stream and b"data: [DONE]" in chunk:
+                        # Clients such as the openai SDK hang up as soon as they see this:
+                        # from here on a disconnect is not a failure.
+                        ctx.delivered = True
                     await sink.write(chunk)
             except TimeoutError:
                 ctx.error = "stream stalled"

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger("vllm_gateway.access")
 
+CLIENT_CLOSED = 499  # nginx's convention for "the client went away first"
+
 
 def new_request_id() -> str:
     return uuid.uuid4().hex
@@ -26,6 +28,12 @@ class RequestContext:
     ttfb_s: float | None = None
     bytes_out: int = 0
     error: str | None = None
+    delivered: bool = False  # the whole answer reached the client (e.g. a stream's [DONE])
+
+    def client_left(self) -> None:
+        """The client hung up: a failure only if it had not got the whole answer."""
+        if not self.delivered:
+            self.status, self.error = CLIENT_CLOSED, "client disconnected"
 
     def mark_slot(self) -> None:
         self.queue_wait_s = time.monotonic() - self.started

@@ -33,7 +33,8 @@ def _log(where: str, message: str, level: str = "INFO") -> None:
 
 
 def _uvicorn(message: str) -> None:
-    print(f"INFO:     {message}", flush=True)
+    # Real vLLM's uvicorn lines go to stderr, its own log lines to stdout.
+    print(f"INFO:     {message}", file=sys.stderr, flush=True)
 
 
 def _log_loading(settings: Settings) -> None:
@@ -52,6 +53,8 @@ def _log_loading(settings: Settings) -> None:
 
 
 def _print_failure(last_line: str) -> None:
+    """As real vLLM does: the engine's cause first, then the API server's own traceback
+    ending in a generic RuntimeError, then shutdown noise; the cause is not the last line."""
     _log("core.py:719", "EngineCore failed to start.", level="ERROR")
     tail = (
         "Traceback (most recent call last):\n"
@@ -60,6 +63,15 @@ def _print_failure(last_line: str) -> None:
         '  File "vllm/v1/worker/gpu_model_runner.py", line 2330, in load_model\n'
         "    self.model = model_loader.load_model(vllm_config=self.vllm_config)\n"
         f"{last_line}\n"
+        "Traceback (most recent call last):\n"
+        '  File "vllm/entrypoints/openai/api_server.py", line 1923, in <module>\n'
+        "    uvloop.run(run_server(args))\n"
+        "RuntimeError: Engine core initialization failed. See root cause above. "
+        "Failed core proc(s): {}\n"
+        "/usr/lib/python3.11/multiprocessing/resource_tracker.py:254: UserWarning: "
+        "resource_tracker: There appear to be 1 leaked shared_memory objects to clean up at "
+        "shutdown\n"
+        "  warnings.warn('resource_tracker: There appear to be %d '\n"
     )
     sys.stderr.write(tail)
     sys.stderr.flush()
