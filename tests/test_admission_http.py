@@ -112,7 +112,7 @@ async def _admitted(gw: Any, model: str, n: int) -> bool:
 async def test_client_leaving_the_queue_frees_its_place_at_once(gateway: Any) -> None:
     gw = gateway({
         "busy": {"command": fake_command(worker=False), "max_concurrent": 1},
-        "cold": {"command": fake_command(worker=False, startup_delay=8)},
+        "cold": {"command": fake_command(worker=False, startup_delay=60)},
     })
     async with session() as http:
         blocker = hold(http, gw, "busy")
