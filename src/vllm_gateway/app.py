@@ -171,7 +171,7 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
                 try:
                     async with gateway.manager.lease(inst, progress if wants_stream else None) as lease:
                         ctx.mark_slot()
-                        gateway.metrics.queue_wait.labels(inst.name).observe(ctx.queue_wait_s or 0.0)
+                        gateway.metrics.waited(inst.name, ctx.queue_wait_s or 0.0)
                         await gateway.proxy.forward(request, sink, lease, request.path_qs, body, ctx)
                     break
                 except NotDelivered as gone:
@@ -224,12 +224,7 @@ def _refuse(ctx: RequestContext, err: GatewayError) -> web.Response:
 
 
 def _account(gateway: Gateway, ctx: RequestContext, model: str) -> None:
-    m = gateway.metrics
-    m.requests.labels(model, str(ctx.status)).inc()
-    if model:
-        m.duration.labels(model).observe(ctx.duration_s())
-        if ctx.ttfb_s is not None:
-            m.ttfb.labels(model).observe(ctx.ttfb_s)
+    gateway.metrics.request_done(model, ctx.status, ctx.duration_s(), ctx.ttfb_s)
     ctx.log_line()
 
 

@@ -8,6 +8,7 @@ time from their one owner, so they can never drift from what status shows.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -88,6 +89,38 @@ class Metrics:
         self.retries = Counter("vllm_gateway_retries", "Requests retried before reaching a backend",
                                ["model"], registry=r)
         ProcessCollector(namespace="vllm_gateway", registry=r)
+        # Label lookups cost a lock and a tuple per call; the proxy path reuses the children.
+        self._by_code: dict[tuple[str, int], Any] = {}
+        self._by_kind: dict[tuple[str, str], Any] = {}
+        self._by_model: dict[str, tuple[Any, Any, Any]] = {}
+
+    def _model_children(self, model: str) -> tuple[Any, Any, Any]:
+        children = self._by_model.get(model)
+        if children is None:
+            children = (self.duration.labels(model), self.ttfb.labels(model),
+                        self.queue_wait.labels(model))
+            self._by_model[model] = children
+        return children
+
+    def count_tokens(self, model: str, kind: str, n: int) -> None:
+        child = self._by_kind.get((model, kind))
+        if child is None:
+            child = self._by_kind[(model, kind)] = self.tokens.labels(model, kind)
+        child.inc(n)
+
+    def waited(self, model: str, seconds: float) -> None:
+        self._model_children(model)[2].observe(seconds)
+
+    def request_done(self, model: str, code: int, duration_s: float, ttfb_s: float | None) -> None:
+        counter = self._by_code.get((model, code))
+        if counter is None:
+            counter = self._by_code[(model, code)] = self.requests.labels(model, str(code))
+        counter.inc()
+        if model:
+            duration, ttfb, _ = self._model_children(model)
+            duration.observe(duration_s)
+            if ttfb_s is not None:
+                ttfb.observe(ttfb_s)
 
     def watch(self, snapshot: Callable[[], dict[str, object]]) -> None:
         self.registry.register(LiveCollector(snapshot))

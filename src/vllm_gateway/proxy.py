@@ -26,6 +26,9 @@ from .reqctx import RequestContext
 
 log = logging.getLogger("vllm_gateway.proxy")
 
+# Non-streamed answers up to this size are read whole and sent in one write.
+WHOLE_BODY_MAX = 1 << 20
+
 # RFC 9110 hop-by-hop headers, plus those aiohttp recomputes for the new connection.
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
@@ -113,12 +116,34 @@ class Proxy:
                 raise BackendError(f"model {lease.instance.name}: the backend failed before "
                                    f"answering ({type(exc).__name__}: {exc})") from exc
 
+    async def _forward_whole(self, upstream: aiohttp.ClientResponse, sink: ResponseSink,
+                             ctx: RequestContext) -> None:
+        name = ctx.model
+        try:
+            data = await upstream.read()
+        except TimeoutError as exc:
+            raise BackendTimeout(f"model {name} sent no answer within the request timeout") from exc
+        except aiohttp.ClientError as exc:
+            raise BackendError(f"model {name}: the backend failed mid-answer ({exc})") from exc
+        ctx.mark_first_byte()
+        counter = UsageCounter(self.metrics, name)
+        counter.feed(data)
+        counter.finish()
+        sink.whole(upstream.status, response_headers(upstream.headers), data)
+
     async def forward(self, request: web.Request, sink: ResponseSink, lease: Lease, path: str,
                       body: bytes, ctx: RequestContext) -> None:
         cfg = lease.instance.cfg
         headers = forward_headers(request.headers, cfg.forward_authorization, ctx.request_id)
         upstream = await self._send(lease, path, body, headers, cfg.request_timeout_s, ctx)
         try:
+            is_stream = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
+            length = upstream.content_length
+            if not is_stream and length is not None and length <= WHOLE_BODY_MAX and \
+                    not sink.prepared:
+                # A small JSON answer goes back in one write: cheaper than streaming it.
+                await self._forward_whole(upstream, sink, ctx)
+                return
             chunks = upstream.content.iter_any()
             try:
                 first = await chunks.__anext__()
@@ -130,7 +155,6 @@ class Proxy:
             except aiohttp.ClientError as exc:
                 raise BackendError(f"model {cfg.name}: the backend failed mid-answer ({exc})") from exc
             ctx.mark_first_byte()
-            is_stream = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
             await sink.start(upstream.status, response_headers(upstream.headers),
                              None if is_stream else upstream.content_length, is_stream)
             counter = UsageCounter(self.metrics, cfg.name)
@@ -195,6 +219,13 @@ class ResponseSink:
         data = f": {text}\n\n".encode()
         await self.response.write(data)
         self.ctx.bytes_out += len(data)
+
+    def whole(self, status: int, headers: CIMultiDict[str], body: bytes) -> None:
+        """The whole answer at once; the handler returns it and aiohttp sends it."""
+        headers["X-Request-ID"] = self.ctx.request_id
+        self.response = web.Response(status=status, headers=headers, body=body)
+        self.ctx.status = status
+        self.ctx.bytes_out += len(body)
 
     async def start(self, status: int, headers: CIMultiDict[str], length: int | None,
                     is_stream: bool = True) -> None:
@@ -292,7 +323,7 @@ class UsageCounter:
 
     def finish(self, is_stream: bool = True) -> None:
         for kind, value in self.counts(bytes(self.tail)).items():
-            self.metrics.tokens.labels(self.model, kind).inc(value)
+            self.metrics.count_tokens(self.model, kind, value)
 
     @classmethod
     def counts(cls, data: bytes) -> dict[str, int]:

@@ -45,19 +45,28 @@ class RequestContext:
     def duration_s(self) -> float:
         return time.monotonic() - self.started
 
-    def log_line(self) -> None:
-        def ms(value: float | None) -> str:
-            return "-" if value is None else f"{value * 1000:.1f}ms"
-
-        duration = self.duration_s()
-        extra = {
+    def fields(self) -> dict[str, object]:
+        """The structured form of the log line (the JSON log format writes these)."""
+        return {
             "request_id": self.request_id, "model": self.model, "status": self.status,
             "method": self.method, "path": self.path,
             "queue_wait_ms": None if self.queue_wait_s is None else round(self.queue_wait_s * 1000, 2),
             "ttfb_ms": None if self.ttfb_s is None else round(self.ttfb_s * 1000, 2),
-            "duration_ms": round(duration * 1000, 2), "bytes": self.bytes_out, "error": self.error,
+            "duration_ms": round(self.duration_s() * 1000, 2), "bytes": self.bytes_out,
+            "error": self.error,
         }
-        log.info("%s %s %s model=%s status=%d queue=%s ttfb=%s duration=%s bytes=%d%s",
-                 self.request_id, self.method, self.path, self.model, self.status,
-                 ms(self.queue_wait_s), ms(self.ttfb_s), ms(duration), self.bytes_out,
-                 f" error={self.error!r}" if self.error else "", extra=extra)
+
+    def __str__(self) -> str:
+        def ms(value: float | None) -> str:
+            return "-" if value is None else f"{value * 1000:.1f}ms"
+
+        error = f" error={self.error!r}" if self.error else ""
+        return (f"{self.request_id} {self.method} {self.path} model={self.model} "
+                f"status={self.status} queue={ms(self.queue_wait_s)} ttfb={ms(self.ttfb_s)} "
+                f"duration={ms(self.duration_s())} bytes={self.bytes_out}{error}")
+
+    def log_line(self) -> None:
+        # The context itself is the message (formatted only if a handler writes it) and the
+        # one extra attribute, which the JSON formatter expands into its fields.
+        if log.isEnabledFor(logging.INFO):
+            log.info(self, extra={"request": self})
