@@ -35,7 +35,7 @@ fi
 echo "install_browser: $("$CHROMIUM" --version 2>/dev/null)"
 
 if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('playwright') != '$PLAYWRIGHT_VERSION')" 2>/dev/null; then
-    "$VENV/bin/python" -m pip --disable-pip-version-check --no-input --progress-bar off \
-        install -q "playwright==$PLAYWRIGHT_VERSION"
+    "$VENV/bin/python" -m pip --disable-pip-version-check --no-input \
+        install -q --progress-bar off "playwright==$PLAYWRIGHT_VERSION"
 fi
 echo "install_browser: playwright $PLAYWRIGHT_VERSION in $VENV"
