@@ -8,6 +8,7 @@ implement these two small interfaces.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -55,6 +56,41 @@ class LogBuffer:
     def subscribe(self, listener: Callable[[str], None]) -> Callable[[], None]:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
+
+
+class LocalServer:
+    """What every handle shares: a server on a loopback port, its output, and its exit.
+
+    Subclasses set the exit code with :meth:`_exited_with` once their process or container
+    is gone, and implement ``pid`` and ``stop``.
+    """
+
+    def __init__(self, port: int, logs: LogBuffer | None = None) -> None:
+        self._port = port
+        self._logs = logs if logs is not None else LogBuffer()
+        self._exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    @property
+    def logs(self) -> LogBuffer:
+        return self._logs
+
+    @property
+    def returncode(self) -> int | None:
+        return self._exited.result() if self._exited.done() else None
+
+    def alive(self) -> bool:
+        return not self._exited.done()
+
+    async def wait_exit(self) -> int:
+        return await asyncio.shield(self._exited)
+
+    def _exited_with(self, code: int) -> None:
+        if not self._exited.done():
+            self._exited.set_result(code)
 
 
 class LaunchError(Exception):

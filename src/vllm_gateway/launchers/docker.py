@@ -25,7 +25,7 @@ import aiohttp
 from aiodocker.containers import DockerContainer
 
 from ..config import DockerSpec
-from .base import LaunchError, LaunchSpec, LogBuffer
+from .base import LaunchError, LaunchSpec, LocalServer
 from .docker_config import (
     LABEL_INSTANCE,
     LABEL_MODEL,
@@ -46,7 +46,7 @@ _NAME_ATTEMPTS = 5
 _ENGINE_CALL_S = 30.0
 
 
-class ContainerHandle:
+class ContainerHandle(LocalServer):
     """One running container; follows its logs and its exit in the background."""
 
     def __init__(
@@ -58,14 +58,12 @@ class ContainerHandle:
         model: str,
         on_removed: Callable[[ContainerHandle], None] = lambda handle: None,
     ) -> None:
+        super().__init__(port)
         self._container = container
         self._on_removed = on_removed
         self._name = name
-        self._port = port
         self._pid = pid
         self._model = model
-        self._logs = LogBuffer()
-        self._exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._tasks = [
             asyncio.create_task(self._follow_logs()),
             asyncio.create_task(self._watch_exit()),
@@ -83,24 +81,6 @@ class ContainerHandle:
     @property
     def pid(self) -> int | None:
         return self._pid
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._port}"
-
-    @property
-    def logs(self) -> LogBuffer:
-        return self._logs
-
-    @property
-    def returncode(self) -> int | None:
-        return self._exited.result() if self._exited.done() else None
-
-    def alive(self) -> bool:
-        return not self._exited.done()
-
-    async def wait_exit(self) -> int:
-        return await asyncio.shield(self._exited)
 
     async def _follow_logs(self) -> None:
         # The engine sends stdout and stderr as frames that are usually whole
@@ -137,8 +117,7 @@ class ContainerHandle:
             except (aiohttp.ClientError, ValueError) as exc:
                 await self._engine_hiccup(exc)
                 continue
-            if not self._exited.done():
-                self._exited.set_result(code)
+            self._exited_with(code)
 
     async def _engine_hiccup(self, exc: Exception) -> None:
         # The engine restarted or dropped the connection: ask again shortly,
@@ -152,8 +131,8 @@ class ContainerHandle:
             state = (await self._container.show()).get("State", {})
         except aiodocker.DockerError:
             state = {"Running": False, "ExitCode": -1}
-        if not state.get("Running") and not self._exited.done():
-            self._exited.set_result(int(state.get("ExitCode", -1)))
+        if not state.get("Running"):
+            self._exited_with(int(state.get("ExitCode", -1)))
 
     async def stop(self, grace_s: float) -> None:
         """SIGTERM, SIGKILL after ``grace_s``, wait for the exit, remove the container."""

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-from .base import LaunchError, LaunchSpec, LogBuffer
+from .base import LaunchError, LaunchSpec, LocalServer
 
 
-class FakeHandle:
+class FakeHandle(LocalServer):
     def __init__(self, spec: LaunchSpec, pid: int) -> None:
+        super().__init__(spec.port)
         self.spec = spec
         self._pid = pid
-        self._logs = LogBuffer()
-        self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.healthy = False
         self.stop_calls = 0
         self.stop_gate: asyncio.Event | None = None  # set by a test to hold stop() open
@@ -21,29 +20,10 @@ class FakeHandle:
     def pid(self) -> int:
         return self._pid
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.spec.port}"
-
-    @property
-    def logs(self) -> LogBuffer:
-        return self._logs
-
-    @property
-    def returncode(self) -> int | None:
-        return self._exit.result() if self._exit.done() else None
-
-    def alive(self) -> bool:
-        return not self._exit.done()
-
-    async def wait_exit(self) -> int:
-        return await asyncio.shield(self._exit)
-
     def crash(self, code: int = 1, line: str = "") -> None:
         if line:
             self._logs.append(line)
-        if not self._exit.done():
-            self._exit.set_result(code)
+        self._exited_with(code)
 
     async def stop(self, grace_s: float) -> None:
         self.stop_calls += 1

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 import psutil
 
-from .base import LaunchError, LaunchSpec, LogBuffer
+from .base import LaunchError, LaunchSpec, LocalServer, LogBuffer
 from .pgroups import GroupRecords
 
 log = logging.getLogger("vllm_gateway.launcher")
@@ -64,15 +64,13 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-class ProcessHandle:
+class ProcessHandle(LocalServer):
     def __init__(self, popen: subprocess.Popen[bytes], port: int, logs: LogBuffer,
                  records: GroupRecords | None, name: str) -> None:
+        super().__init__(port, logs)
         self._popen = popen
-        self._port = port
-        self._logs = logs
         self._records = records
         self._name = name
-        self._exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._tasks = [
             asyncio.create_task(self._pump(popen.stdout, "")),
             asyncio.create_task(self._pump(popen.stderr, "")),
@@ -82,24 +80,6 @@ class ProcessHandle:
     @property
     def pid(self) -> int:
         return self._popen.pid
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._port}"
-
-    @property
-    def logs(self) -> LogBuffer:
-        return self._logs
-
-    @property
-    def returncode(self) -> int | None:
-        return self._exited.result() if self._exited.done() else None
-
-    def alive(self) -> bool:
-        return not self._exited.done()
-
-    async def wait_exit(self) -> int:
-        return await asyncio.shield(self._exited)
 
     async def _pump(self, pipe: object, prefix: str) -> None:
         loop = asyncio.get_running_loop()
@@ -146,8 +126,7 @@ class ProcessHandle:
             if fd >= 0:
                 os.close(fd)
         code = self._popen.wait()
-        if not self._exited.done():
-            self._exited.set_result(code)
+        self._exited_with(code)
 
     async def stop(self, grace_s: float) -> None:
         pgid = self._popen.pid
