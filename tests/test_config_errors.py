@@ -326,3 +326,17 @@ def test_auth_errors(entries: str, message: str) -> None:
 def test_auth_needs_keys() -> None:
     errors = errors_of(MINIMAL + "auth: {protect_status: true}\n")
     assert errors[0].startswith("auth.keys: expected a list of at least one key")
+
+
+def test_more_pinned_models_than_max_loaded_models_is_refused() -> None:
+    from vllm_gateway.config_load import ConfigError, load_config
+
+    text = ("max_loaded_models: 1\nmodels:\n"
+            "  a: {command: x, pinned: true}\n  b: {command: y, pinned: true}\n")
+    try:
+        load_config(None, {}, text=text)
+    except ConfigError as err:
+        assert any(e.startswith("max_loaded_models: 1 is less than the 2 pinned models (a, b)")
+                   for e in err.errors), err.errors
+    else:
+        raise AssertionError("a config whose pinned models cannot all be loaded was accepted")

@@ -139,12 +139,14 @@ def _build(
     if isinstance(gpus, tuple):
         check_fit(problems, all_models, gpus)
     models = _allowed(problems, all_models, settings.allowed_models)
+    max_loaded = _pick(
+        settings.max_loaded_models, top.get_optional_int("max_loaded_models", minimum=1)
+    )
+    _check_pinned_fit(problems, models, max_loaded)
     return GatewayConfig(
         server=_server(problems, top.raw("server"), host, port),
         gpus=gpus,
-        max_loaded_models=_pick(
-            settings.max_loaded_models, top.get_optional_int("max_loaded_models", minimum=1)
-        ),
+        max_loaded_models=max_loaded,
         models=models,
         retry=_retry(problems, top.raw("retry"), settings),
         faults=_faults(problems, top.raw("faults")),
@@ -157,6 +159,16 @@ def _build(
         container_prefix=_container_prefix(problems, top, settings),
         state_dir=top.get_optional_str("state_dir"),
     )
+
+
+def _check_pinned_fit(
+    problems: Problems, models: Mapping[str, ModelConfig], max_loaded: int | None
+) -> None:
+    """Pinned models are never stopped, so they must all fit under max_loaded_models."""
+    pinned = [name for name, model in models.items() if model.pinned and model.managed]
+    if max_loaded is not None and len(pinned) > max_loaded:
+        problems.add("max_loaded_models", f"{max_loaded} is less than the {len(pinned)} pinned "
+                     f"models ({', '.join(pinned)}), which are never stopped")
 
 
 def _pick(override: T | None, fallback: T) -> T:
