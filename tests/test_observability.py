@@ -352,8 +352,8 @@ def test_stream_usage_is_counted_however_the_stream_is_split() -> None:
         metrics = Metrics()
         counter = UsageCounter(metrics, "m")
         for at in range(0, len(stream), size):
-            counter.feed(stream[at:at + size], is_stream=True)
-        counter.finish(is_stream=True)
+            counter.feed(stream[at:at + size])
+        counter.finish()
         counted = {kind: metrics.registry.get_sample_value(
             "vllm_gateway_tokens_total", {"model": "m", "kind": kind})
             for kind in ("prompt", "completion")}

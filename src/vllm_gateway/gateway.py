@@ -24,6 +24,7 @@ from .backend_metrics import scrape_backend_metrics
 from .config import GatewayConfig
 from .events import EventLog
 from .gpu import GpuDiscoveryError, NvmlReader, inventory, open_nvml
+from .instance import Instance
 from .launchers.base import Launcher, LaunchError
 from .launchers.pgroups import GroupRecords
 from .launchers.subprocess import SubprocessLauncher
@@ -190,7 +191,7 @@ class Gateway:
                       if inst.state is State.READY and inst.cfg.managed and not inst.draining]
             await asyncio.gather(*checks, return_exceptions=True)
 
-    async def _check(self, inst: Any) -> None:
+    async def _check(self, inst: Instance) -> None:
         base = inst.base_url
         if base is None:
             return

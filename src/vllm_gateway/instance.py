@@ -59,6 +59,7 @@ class Instance:
         self.gpu_memory_utilization = 0.9
         # The start, stop or clean-up in progress; requests wait on it, never cancel it.
         self.transition: asyncio.Task[GatewayError | None] | None = None
+        self.watcher: asyncio.Task[None] | None = None  # notices the server dying while ready
         self.draining = False  # set by unload/restart: new requests wait until it is stopped
         self.committed = 0  # requests past the readiness check (waiting for a slot or in flight)
         self.last_used: float | None = None  # wall clock, for people
@@ -86,9 +87,6 @@ class Instance:
     @property
     def logs(self) -> LogBuffer | None:
         return self.handle.logs if self.handle is not None else None
-
-    def busy(self) -> bool:
-        return not self.limiter.idle or self.committed > 0
 
     def pressed_before(self, arrived: float) -> bool:
         """Whether a request for another model, waiting for this one's memory, came first."""

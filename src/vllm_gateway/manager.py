@@ -29,7 +29,7 @@ from .health import StartFailed, StartTimedOut, wait_healthy
 from .instance import Changes, Instance
 from .launchers.base import Launcher, LaunchError, LaunchSpec, ServerHandle
 from .lifecycle import State
-from .metrics import Metrics
+from .metrics import EVICTION_REASONS, Metrics
 
 log = logging.getLogger("vllm_gateway.manager")
 
@@ -224,7 +224,7 @@ class Manager:
                 await asyncio.gather(*evictions, return_exceptions=True)
             await self._launch_until_healthy(inst, began + inst.cfg.startup_timeout_s)
         except asyncio.CancelledError:
-            await self._release(inst, inst.state)
+            await self._release(inst)
             raise
         except (LaunchError, StartFailed, StartTimedOut) as exc:
             return await self._start_failed(inst, exc)
@@ -239,7 +239,8 @@ class Manager:
         self.events.add(inst.name, "ready", f"in {took:.2f} s")
         handle = inst.handle
         assert handle is not None
-        asyncio.create_task(self._watch_exit(inst, handle))
+        # Kept on the instance: the loop holds tasks only weakly.
+        inst.watcher = asyncio.create_task(self._watch_exit(inst, handle))
         return None
 
     async def _launch_until_healthy(self, inst: Instance, deadline: float) -> None:
@@ -275,7 +276,7 @@ class Manager:
         inst.last_error = f"{exc}: {reason}" if reason else str(exc)
         inst.starting_since = None
         inst.life.move(State.FAILED)
-        await self._release(inst, State.FAILED)
+        await self._release(inst)
         backoff = inst.backoff_s(self.config.faults)
         inst.retry_at = time.monotonic() + backoff
         self.metrics.failures.labels(inst.name).inc()
@@ -297,7 +298,7 @@ class Manager:
         inst.retry_at = None  # a crash is not a failed start: the next request restarts it
         self.metrics.failures.labels(inst.name).inc()
         self.events.add(inst.name, "crashed", f"exit code {code}; last output:\n" + "\n".join(lines))
-        inst.transition = asyncio.create_task(self._release(inst, State.FAILED))
+        inst.transition = asyncio.create_task(self._release(inst))
 
     # -- stopping -----------------------------------------------------------------------
 
@@ -306,7 +307,7 @@ class Manager:
         previous = inst.transition
         inst.life.move(State.STOPPING)
         inst.draining = False
-        if reason in ("lru", "idle", "manual"):
+        if reason in EVICTION_REASONS:
             self.metrics.evictions.labels(inst.name, reason).inc()
         kind = {"lru": "evicted", "idle": "idle_stop"}.get(reason, "stopping")
         self.events.add(inst.name, kind, f"stopping ({reason})")
@@ -316,13 +317,13 @@ class Manager:
                 previous.cancel()
                 await asyncio.gather(previous, return_exceptions=True)
             if inst.state is State.STOPPING:
-                await self._release(inst, State.STOPPING)
+                await self._release(inst)
             return None
 
         inst.transition = asyncio.create_task(run())
         return inst.transition
 
-    async def _release(self, inst: Instance, from_state: State) -> GatewayError | None:
+    async def _release(self, inst: Instance) -> GatewayError | None:
         """Stop the server's processes, then free its memory in the accounting."""
         handle = inst.handle
         try:

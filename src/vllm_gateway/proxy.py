@@ -9,9 +9,11 @@ each gap between chunks, never the whole answer, so long generations run on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
+from collections.abc import Iterator
 
 import aiohttp
 from aiohttp import web
@@ -73,6 +75,17 @@ def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     return out
 
 
+@contextlib.contextmanager
+def reading_answer(model: str, timeout_s: float) -> Iterator[None]:
+    """The errors of reading a backend's answer, before anything went to the client."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise BackendTimeout(f"model {model} sent no answer within {timeout_s:g} s") from exc
+    except aiohttp.ClientError as exc:
+        raise BackendError(f"model {model}: the backend failed mid-answer ({exc})") from exc
+
+
 class NotDelivered(BackendError):
     """The backend went away before the request reached it: safe to send again once the
     model is back, since nothing was generated."""
@@ -117,16 +130,11 @@ class Proxy:
                                    f"answering ({type(exc).__name__}: {exc})") from exc
 
     async def _forward_whole(self, upstream: aiohttp.ClientResponse, sink: ResponseSink,
-                             ctx: RequestContext) -> None:
-        name = ctx.model
-        try:
+                             ctx: RequestContext, timeout_s: float) -> None:
+        with reading_answer(ctx.model, timeout_s):
             data = await upstream.read()
-        except TimeoutError as exc:
-            raise BackendTimeout(f"model {name} sent no answer within the request timeout") from exc
-        except aiohttp.ClientError as exc:
-            raise BackendError(f"model {name}: the backend failed mid-answer ({exc})") from exc
         ctx.mark_first_byte()
-        counter = UsageCounter(self.metrics, name)
+        counter = UsageCounter(self.metrics, ctx.model)
         counter.feed(data)
         counter.finish()
         sink.whole(upstream.status, response_headers(upstream.headers), data)
@@ -142,27 +150,20 @@ class Proxy:
             if not is_stream and length is not None and length <= WHOLE_BODY_MAX and \
                     not sink.prepared:
                 # A small JSON answer goes back in one write: cheaper than streaming it.
-                await self._forward_whole(upstream, sink, ctx)
+                await self._forward_whole(upstream, sink, ctx, cfg.request_timeout_s)
                 return
             chunks = upstream.content.iter_any()
-            try:
-                first = await chunks.__anext__()
-            except StopAsyncIteration:
-                first = b""
-            except TimeoutError as exc:
-                raise BackendTimeout(f"model {cfg.name} sent no answer within "
-                                     f"{cfg.request_timeout_s:g} s") from exc
-            except aiohttp.ClientError as exc:
-                raise BackendError(f"model {cfg.name}: the backend failed mid-answer ({exc})") from exc
+            with reading_answer(cfg.name, cfg.request_timeout_s):
+                first = await anext(chunks, b"")
             ctx.mark_first_byte()
             await sink.start(upstream.status, response_headers(upstream.headers),
                              None if is_stream else upstream.content_length, is_stream)
             counter = UsageCounter(self.metrics, cfg.name)
-            counter.feed(first, is_stream)
+            counter.feed(first)
             await sink.write(first)
             try:
                 async for chunk in chunks:
-                    counter.feed(chunk, is_stream)
+                    counter.feed(chunk)
                     if is_stream and b"data: [DONE]" in chunk:
                         # Clients such as the openai SDK hang up as soon as they see this:
                         # from here on a disconnect is not a failure.
@@ -178,7 +179,7 @@ class Proxy:
                 await sink.abort(BackendError(f"model {cfg.name}: the backend failed mid-answer "
                                               f"({type(exc).__name__})"))
                 return
-            counter.finish(is_stream)
+            counter.finish()
             await sink.finish()
         finally:
             # Closing (not releasing) drops the upstream connection at once when the client
@@ -316,12 +317,12 @@ class UsageCounter:
         self.metrics, self.model = metrics, model
         self.tail = bytearray()
 
-    def feed(self, chunk: bytes, is_stream: bool = True) -> None:
+    def feed(self, chunk: bytes) -> None:
         self.tail += chunk
         if len(self.tail) > 2 * self.TAIL:
             del self.tail[:-self.TAIL]
 
-    def finish(self, is_stream: bool = True) -> None:
+    def finish(self) -> None:
         for kind, value in self.counts(bytes(self.tail)).items():
             self.metrics.count_tokens(self.model, kind, value)
 
