@@ -126,13 +126,10 @@ class Gateway:
         self._tasks = [asyncio.create_task(self._idle_loop()),
                        asyncio.create_task(self._health_loop())]
         if any(m.pinned for m in self.config.models.values()):
-            self._tasks.append(asyncio.create_task(self._preload()))
+            self._tasks.append(asyncio.create_task(self.manager.preload_pinned()))
         self.accepting = True
         log.info("gateway ready: %d models, GPUs %s", len(self.config.models),
                  [(g.id, g.total_gb) for g in self.gpus] or "not accounted")
-
-    async def _preload(self) -> None:
-        await self.manager.preload_pinned()
 
     async def begin_shutdown(self) -> None:
         """Stop accepting: readiness fails and models no longer start. Requests in flight
