@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-LauncherKind = Literal["subprocess", "docker"]
+LauncherKind = Literal["subprocess", "docker", "ray"]
+SleepLevel = Literal[0, 1, 2]  # 0: sleep off
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,22 @@ class DockerSpec:
 
 
 @dataclass(frozen=True)
+class Replicas:
+    min: int = 0
+    max: int = 1
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """A LoRA adapter served by a running base model (``models.<base>.adapters``)."""
+
+    name: str
+    base: str
+    path: str
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str
     # Exactly one of command / url / docker is the way to reach the model.
@@ -67,6 +84,24 @@ class ModelConfig:
     request_timeout_s: float = 600.0
     pinned: bool = False
     forward_authorization: bool = False
+    # Sleep tier (vLLM sleep mode): the level an idle or evicted model sleeps at; 0: stop it.
+    sleep: SleepLevel = 0
+    sleep_vram_gb: float = 1.0  # per GPU, still held by a sleeping server
+    weights_gb: float | None = None  # host RAM a level-1 sleeper holds; None: vram_gb
+    sleep_timeout_s: float = 0.0  # asleep this long: stopped for good; 0 = never
+    wake_check: bool = True  # one-token completion after every wake, compared with the first
+    # Seconds a request waits for idle memory before it presses busy holders; None: learned.
+    swap_patience_s: float | None = None
+    replicas: Replicas = field(default_factory=Replicas)
+    scale_up_after_s: float = 5.0
+    gpu_ids: tuple[int, ...] | None = None  # None: any GPU
+    node: str | None = None  # Ray launcher: only on this node (id, IP or label)
+    default: bool = False  # resident default: started at start, returns after an eviction
+    restore_after_s: float = 30.0
+    vram_auto: bool = False  # vram_gb: auto (vram_gb then holds the estimate until measured)
+    adapters: Mapping[str, AdapterConfig] = field(default_factory=dict)
+    max_adapters: int = 4
+    max_lora_rank: int = 16
 
     @property
     def managed(self) -> bool:
@@ -111,10 +146,17 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class RayConfig:
+    address: str = "auto"  # "auto" or "ray://host:10001"
+    namespace: str = "vllm-gateway"
+    gpu_vram_gb: float | None = None  # a node's GPU size where the node has no NVML
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     # None: no GPU accounting. "auto": read through NVML at start.
-    gpus: tuple[GpuSpec, ...] | Literal["auto"] | None = None
+    gpus: tuple[GpuSpec, ...] | Literal["auto", "ray"] | None = None
     max_loaded_models: int | None = None  # GATEWAY_MAX_MODELS_CONCURRENT
     models: Mapping[str, ModelConfig] = field(default_factory=dict)
     retry: RetryConfig = field(default_factory=RetryConfig)
@@ -126,6 +168,9 @@ class GatewayConfig:
     container_prefix: str = "vllm"  # VLLM_CONTAINER_PREFIX
     # Directory for the state file of started process groups (orphan cleanup).
     state_dir: str | None = None
+    # Host RAM level-1 sleepers may hold in all; "auto": total RAM minus 10 %, read at start.
+    host_memory_gb: float | Literal["auto"] = "auto"
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def lookup(self, name_or_alias: str) -> ModelConfig | None:
         """The model a request names, by its name or one of its aliases."""

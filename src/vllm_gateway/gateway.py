@@ -84,7 +84,7 @@ class Gateway:
                 raise
             except Exception as exc:
                 raise GpuDiscoveryError(f"gpus: auto: NVML failed: {exc}") from exc
-        declared = None if gpus == "auto" or gpus is None else list(gpus)
+        declared = list(gpus) if isinstance(gpus, tuple) else None
         self.gpus = inventory(declared, self.nvml if gpus == "auto" else None)
 
     def _make_launchers(self) -> dict[str, Launcher]:
