@@ -31,8 +31,9 @@ EPSILON_GB = 1e-6
 
 @dataclass(frozen=True)
 class Gpu:
-    id: int
+    id: int  # unique across the whole inventory (all nodes)
     total_gb: float
+    node: str = ""  # the machine it is in; a model's GPUs are always on one node
 
 
 @dataclass(frozen=True)
