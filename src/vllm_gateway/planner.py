@@ -14,6 +14,19 @@ What a decision optimises, in order:
 4. with the eviction set fixed, best fit: place on the fitting GPUs with the least free memory, which
    maximises the largest free block left on any single GPU (and then the second largest, and so on);
    ties go to the lowest GPU ids.
+
+Three extensions keep those rules and narrow where they apply:
+
+* **sleep tier.** An idle model that may sleep frees ``vram_gb - sleep_gb`` by sleeping and keeps
+  its process; a sleeping model still holds ``sleep_gb`` and frees it only by being stopped. The
+  plan is tried in three rounds, and the first that finds room wins: (a) put idle models to
+  sleep, sleepers stay; (b) also stop sleepers; (c) stop any idle model. A wake costs seconds and
+  a cold start a minute, so a plan that sleeps more models beats one that stops fewer.
+* **reload costs.** "Least recently used" is refined by what it costs to bring a model back
+  (expected load time × recent request rate, given by the caller): among sets of the same size,
+  the cheapest to bring back goes, and recency only breaks ties.
+* **nodes and GPU sets.** A model's GPUs are always on one node (tensor parallelism stays inside
+  a machine), and only on the GPUs it allows; each node is planned alone and the best node wins.
 """
 
 from __future__ import annotations
@@ -42,9 +55,13 @@ class Loaded:
 
     name: str
     gpu_ids: tuple[int, ...]
-    vram_gb: float  # per GPU in gpu_ids
+    vram_gb: float  # per GPU in gpu_ids, held now
     last_used: float  # larger = more recent
     evictable: bool  # False when busy, starting, stopping, or pinned
+    # Awake and able to sleep: what it still holds per GPU once asleep. None: cannot sleep.
+    sleep_gb: float | None = None
+    asleep: bool = False  # sleeping: vram_gb is its residual, freed only by a stop
+    reload_cost: float = 0.0  # what evicting it costs later (larger = keep it longer)
 
 
 @dataclass(frozen=True)
@@ -54,6 +71,7 @@ class Need:
     name: str
     vram_gb: float
     gpu_count: int
+    allowed_gpus: frozenset[int] | None = None  # None: any GPU
 
 
 @dataclass(frozen=True)
@@ -65,6 +83,7 @@ class Place:
 class EvictThenPlace:
     evict: tuple[str, ...]  # evict in this order (LRU first)
     gpu_ids: tuple[int, ...]
+    sleep: tuple[str, ...] = ()  # those of ``evict`` that are put to sleep instead of stopped
 
 
 @dataclass(frozen=True)
@@ -126,9 +145,10 @@ def _gpus_word(count: int) -> str:
     return "1 GPU" if count == 1 else f"{count} GPUs"
 
 
-def _lru_key(model: Loaded) -> tuple[float, str]:
-    """Total order from least to most recently used; names break ties so results are stable."""
-    return (model.last_used, model.name)
+def _lru_key(model: Loaded) -> tuple[float, float, str]:
+    """Total order from cheapest to dearest to lose: reload cost, then least to most recently
+    used; names break ties so results are stable."""
+    return (model.reload_cost, model.last_used, model.name)
 
 
 def _needs_text(need: Need) -> str:
@@ -300,9 +320,100 @@ def plan(
         return Impossible(f"cannot load {need.name}: max_loaded is {max_loaded}")
     if need.gpu_count < 0 or need.vram_gb < 0 or math.isnan(need.vram_gb):
         return Impossible(f"cannot load {need.name}: invalid GPU need {need}")
-    evictable = sorted((model for model in loaded if model.evictable), key=_lru_key)
-    busy = [model for model in loaded if not model.evictable]
-    over = 0 if max_loaded is None else max(0, len(loaded) + 1 - max_loaded)
+    if need.allowed_gpus is not None and need.gpu_count > 0 and need.vram_gb > 0:
+        gpus = [gpu for gpu in gpus if gpu.id in need.allowed_gpus]
+        if len(gpus) < need.gpu_count:
+            return Impossible(
+                f"cannot load {_needs_text(need)}: only {_gpus_word(len(gpus))} of its gpu_ids "
+                "are in the inventory")
+    nodes = list(dict.fromkeys(gpu.node for gpu in gpus))
+    if len(nodes) <= 1 or need.gpu_count == 0 or need.vram_gb == 0:
+        return _plan_rounds(gpus, loaded, need, max_loaded)
+    decisions = [
+        _plan_rounds([gpu for gpu in gpus if gpu.node == node], loaded, need, max_loaded)
+        for node in nodes
+    ]
+    return _best_of(decisions, loaded, need)
+
+
+def _best_of(decisions: Sequence[Decision], loaded: Sequence[Loaded], need: Need) -> Decision:
+    """The best node's decision: a placement over a wait over never; fewer evictions, fewer stops,
+    then the set that spares valuable models; earlier nodes on ties."""
+    keys = {model.name: _lru_key(model) for model in loaded}
+
+    def rank(decision: Place | EvictThenPlace) -> tuple[int, int, list[tuple[float, float, str]]]:
+        if isinstance(decision, Place):
+            return (0, 0, [])
+        stops = len(decision.evict) - len(decision.sleep)
+        spared = sorted((keys[name] for name in decision.evict), reverse=True)
+        return (len(decision.evict), stops, spared)
+
+    placed = [d for d in decisions if isinstance(d, (Place, EvictThenPlace))]
+    if placed:
+        return min(placed, key=rank)
+    waits = [d for d in decisions if isinstance(d, NoRoom)]
+    if waits:
+        holders = tuple(sorted({name for d in waits for name in d.holders}))
+        return NoRoom(holders, f"no room for {_needs_text(need)} on any node: memory held by "
+                               f"busy models {', '.join(holders)}")
+    impossible = [d for d in decisions if isinstance(d, Impossible)]
+    return Impossible(f"cannot load {_needs_text(need)} on any node: "
+                      + "; ".join(d.message for d in impossible))
+
+
+def _plan_rounds(
+    gpus: Sequence[Gpu], loaded: Sequence[Loaded], need: Need, max_loaded: int | None
+) -> Decision:
+    """The sleep tier's three rounds (see the module's docstring); without sleepers it is one."""
+    awake = sum(1 for model in loaded if not model.asleep)
+    over = 0 if max_loaded is None else max(0, awake + 1 - max_loaded)
+    may_sleep = any(m.evictable and m.sleep_gb is not None and not m.asleep for m in loaded)
+    has_sleepers = any(m.asleep for m in loaded)
+    rounds: list[tuple[bool, bool]] = []  # (idle models sleep, sleepers may be stopped)
+    if may_sleep:
+        rounds.append((True, False))
+    if has_sleepers:
+        rounds.append((may_sleep, True))
+    if not rounds or may_sleep:
+        rounds.append((False, True))
+    last: Decision | None = None
+    for sleep_idle, stop_sleepers in rounds:
+        fixed: list[Loaded] = []
+        items: list[Loaded] = []
+        sleeping: set[str] = set()
+        for model in loaded:
+            # A stopped sleeper frees no model slot, so a count limit never picks one.
+            if not model.evictable or (model.asleep and (not stop_sleepers or over > 0)):
+                fixed.append(model)
+            elif sleep_idle and model.sleep_gb is not None and not model.asleep:
+                freed = max(model.vram_gb - model.sleep_gb, 0.0)
+                items.append(Loaded(model.name, model.gpu_ids, freed, model.last_used, True,
+                                    reload_cost=model.reload_cost))
+                fixed.append(Loaded(model.name, model.gpu_ids, model.vram_gb - freed,
+                                    model.last_used, False))
+                sleeping.add(model.name)
+            else:
+                items.append(model)
+        busy = [m for m in loaded if not m.evictable]
+        decision = _plan_on(gpus, fixed, items, need, over, max_loaded, busy)
+        if isinstance(decision, EvictThenPlace) and sleeping:
+            slept = tuple(name for name in decision.evict if name in sleeping)
+            decision = EvictThenPlace(decision.evict, decision.gpu_ids, slept)
+        if isinstance(decision, (Place, EvictThenPlace, Impossible)):
+            return decision
+        last = decision
+    assert last is not None
+    return last
+
+
+def _plan_on(
+    gpus: Sequence[Gpu], fixed: Sequence[Loaded], evictable_models: Sequence[Loaded], need: Need,
+    over: int, max_loaded: int | None, busy: Sequence[Loaded],
+) -> Decision:
+    """One round on one node: ``fixed`` memory stays, each of ``evictable_models`` frees its
+    ``vram_gb`` when it goes, and ``over`` models must go for the model-count limit."""
+    evictable = sorted(evictable_models, key=_lru_key)
+    loaded = [*fixed, *evictable]
 
     if need.gpu_count == 0 or need.vram_gb == 0:
         if over == 0:
