@@ -112,7 +112,7 @@ def test_failed_start_is_503_with_the_backends_last_lines(gateway) -> None:
     r = httpx.post(gw.url + "/v1/chat/completions", json=chat("broken"), timeout=60)
     assert r.status_code == 503
     assert "CUDA out of memory" in r.json()["error"]["message"]
-    assert gw.model("broken")["state"] == "failed"
+    assert gw.model("broken")["state"] == "backoff"
 
 
 def test_start_timeout_is_504(gateway) -> None:
@@ -121,7 +121,7 @@ def test_start_timeout_is_504(gateway) -> None:
     r = httpx.post(gw.url + "/v1/chat/completions", json=chat("slow"), timeout=60)
     assert r.status_code == 504
     assert "slow" in r.json()["error"]["message"]
-    gw.wait_state("slow", "failed")
+    gw.wait_state("slow", "backoff")
     wait_until(lambda: not gw.model_pids(), 15, what="the timed-out server to be stopped")
 
 

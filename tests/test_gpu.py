@@ -32,7 +32,8 @@ def test_nvml_readings() -> None:
     fake = FakeNvml([24.0, 48.0], used_gb=[1.5, 0.0])
     reader = NvmlReader(fake)
     assert fake.initialised
-    readings = reader.read()
+    readings = reader.read_now()
+    assert reader.cached() == readings
     assert [(r.id, round(r.total_gb, 3), round(r.used_gb, 3)) for r in readings] == [
         (0, 24.0, 1.5), (1, 48.0, 0.0)]
     reader.close()
@@ -67,8 +68,8 @@ async def test_status_shows_the_drivers_reading_beside_placed_memory() -> None:
         status = await (await client.get("/gateway/status")).json()
         metrics = await (await client.get("/metrics")).text()
     assert status["gpus"] == [
-        {"id": 0, "vram_gb": 80.0, "used_gb": 0.0, "driver_used_gb": 3.25},
-        {"id": 1, "vram_gb": 40.0, "used_gb": 0.0, "driver_used_gb": 0.0},
+        {"id": 0, "node": None, "vram_gb": 80.0, "used_gb": 0.0, "driver_used_gb": 3.25},
+        {"id": 1, "node": None, "vram_gb": 40.0, "used_gb": 0.0, "driver_used_gb": 0.0},
     ]
     assert 'vllm_gateway_gpu_memory_driver_used_gb{gpu="0"} 3.25' in metrics
     assert 'vllm_gateway_gpu_memory_total_gb{gpu="1"} 40.0' in metrics

@@ -3,42 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
+from runtime_fakes import make_manager, settle, wait_for
 
-from vllm_gateway import planner
-from vllm_gateway.config import GatewayConfig, ModelConfig
 from vllm_gateway.errors import BackendUnavailable
-from vllm_gateway.events import EventLog
 from vllm_gateway.launchers.fake import FakeLauncher
 from vllm_gateway.lifecycle import State
-from vllm_gateway.manager import Manager
-from vllm_gateway.metrics import Metrics
+from vllm_gateway.runtime.manager import Manager
 
 
 def make(models: dict[str, float], gpus: list[float] | None = None, auto_healthy: bool = True,
-         **kw: object) -> tuple[Manager, FakeLauncher]:
-    launcher = FakeLauncher(auto_healthy)
-    config = GatewayConfig(models={n: ModelConfig(name=n, command=("x",), vram_gb=v, **kw)  # type: ignore[arg-type]
-                                   for n, v in models.items()})
-    gpu_list = [planner.Gpu(i, t) for i, t in enumerate(gpus or [])]
-    manager = Manager(config, gpu_list, {"subprocess": launcher}, EventLog(), Metrics(),
-                      launcher.probe)
-    return manager, launcher
-
-
-async def settle(manager: Manager) -> None:
-    for inst in manager.instances.values():
-        if inst.transition is not None:
-            await asyncio.gather(inst.transition, return_exceptions=True)
-
-
-async def wait_for(predicate, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
+         **kw: Any) -> tuple[Manager, FakeLauncher]:
+    return make_manager(models, gpus, auto_healthy, **kw)
 
 
 async def test_waiter_cancelled_during_start_does_not_cancel_the_start() -> None:
@@ -81,11 +59,11 @@ async def test_two_claims_never_evict_the_same_model_twice() -> None:
     b = asyncio.create_task(manager.ensure_ready(manager.instances["b"]))
     again = asyncio.create_task(manager.ensure_ready(manager.instances["old"]))
     await asyncio.wait_for(b, 5)
-    evictions = [e for e in manager.events.since(0)["events"] if e["kind"] == "evicted"]
+    evictions = [e for e in manager.svc.events.since(0)["events"] if e["kind"] == "evicted"]
     assert [e["model"] for e in evictions][:1] == ["old"]
     # old waits: a is busy and b is idle once ready, so b is evicted for old, once.
     await asyncio.wait_for(again, 5)
-    evictions = [e["model"] for e in manager.events.since(0)["events"] if e["kind"] == "evicted"]
+    evictions = [e["model"] for e in manager.svc.events.since(0)["events"] if e["kind"] == "evicted"]
     assert evictions == ["old", "b"]
     used = manager.used_gb()
     assert all(v <= 40 for v in used.values())
@@ -125,7 +103,7 @@ async def test_launch_error_fails_with_a_clear_message() -> None:
     launcher.fail_with = "image vllm/vllm-openai:nope not found"
     with pytest.raises(BackendUnavailable, match="not found"):
         await manager.ensure_ready(manager.instances["m"])
-    assert manager.instances["m"].state is State.FAILED
+    assert manager.instances["m"].state is State.BACKOFF
 
 
 async def test_shutdown_during_start_stops_everything() -> None:
@@ -145,7 +123,7 @@ async def test_idle_reaper_is_one_step_and_skips_busy_models() -> None:
         await manager.ensure_ready(inst)
     async with manager.instances["busy"].limiter.admit():
         await asyncio.sleep(0.05)
-        assert manager.reap_idle() == ["idle"]
+        assert manager.reap() == ["idle"]
         assert manager.instances["idle"].state is State.STOPPING
     await settle(manager)
     assert manager.instances["idle"].state is State.STOPPED

@@ -19,7 +19,8 @@ from vllm_gateway.metrics import Metrics
 from vllm_gateway.proxy import UsageCounter
 
 GPU = [{"id": 0, "vram_gb": 24}]
-STATES = ("stopped", "starting", "ready", "stopping", "failed")
+STATES = ("stopped", "starting", "ready", "draining", "sleeping", "waking", "stopping", "failed",
+          "backoff", "held")
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana-dashboard.json"
 
 
@@ -218,7 +219,7 @@ def test_lifecycle_events_are_logged_once_and_counted(gateway) -> None:
                          if m.get("vllm_gateway_model_state", model=name, state=s) == 1.0)
               for name in models}
     assert states == {"alpha": "stopped", "beta": "stopped", "idler": "stopped",
-                      "crashy": "failed", "broken": "failed"}
+                      "crashy": "failed", "broken": "backoff"}
 
 
 def test_json_log_format_and_log_level(gateway) -> None:

@@ -137,9 +137,6 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
                          request.method, request.path)
     sink = ResponseSink(request, ctx)
     model_label = ""
-    task = asyncio.current_task()
-    if task is not None:
-        gateway.active.add(task)
     try:
         if not gateway.accepting:
             raise BackendUnavailable("the gateway is shutting down")
@@ -162,8 +159,9 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
             doc["model"] = inst.name  # backends serve the model under its name, not its aliases
             body = json.dumps(doc).encode()
 
-        async def progress(elapsed: float) -> None:
-            await sink.comment(f"loading model {inst.name}, {elapsed:.0f} s")
+        async def progress(elapsed: float, expected: float | None) -> None:
+            of = f" of ~{expected:.0f} s" if expected is not None else ""
+            await sink.comment(f"loading model {inst.name}, {elapsed:.0f} s{of}")
 
         wants_stream = doc.get("stream") is True
         try:
@@ -207,8 +205,6 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
     except ConnectionError:
         ctx.client_left()
     finally:
-        if task is not None:
-            gateway.active.discard(task)
         _account(gateway, ctx, model_label)
     if sink.response is None:  # the client left before anything was sent
         return web.Response(status=CLIENT_CLOSED)

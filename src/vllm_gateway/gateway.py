@@ -1,8 +1,9 @@
-"""The gateway's services, built by ``create_app`` and started with the web app.
+"""The composition root: builds the gateway's services, wires them, and closes them.
 
-Nothing here exists at import: the HTTP client pool, the background loops and
-the launchers are created when the app starts and closed when it stops, so a
-test process can run many gateways side by side.
+Nothing here exists at import and nothing here decides: the HTTP client pools,
+the launchers, the runtime (manager and monitor) are created when the app
+starts and closed in a fixed order when it stops, so a test process can run
+many gateways side by side. Every duty of a model's life belongs to the runtime.
 """
 
 from __future__ import annotations
@@ -13,27 +14,35 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 
 from . import planner
 from .backend_metrics import scrape_backend_metrics
 from .config import GatewayConfig
-from .events import EventLog
-from .gpu import GpuDiscoveryError, NvmlReader, inventory, open_nvml
-from .instance import Instance
+from .events import EventKind, EventLog
+from .gpu import GpuDiscoveryError, GpuReader, NullGpuReader, NvmlReader, inventory, open_nvml
 from .launchers.base import Launcher, LaunchError
 from .launchers.pgroups import GroupRecords
 from .launchers.subprocess import SubprocessLauncher
-from .lifecycle import State
-from .manager import Manager
 from .metrics import Metrics
 from .proxy import Proxy
+from .runtime.clock import Clock, SystemClock
+from .runtime.costs import LoadCosts
+from .runtime.manager import Manager
+from .runtime.monitor import Monitor
+from .runtime.sleep_api import HttpSleepControl, SleepControl
+from .runtime.status import status as runtime_status
+from .runtime.transitions import Services
 
 log = logging.getLogger("vllm_gateway")
+
+_GIB = 1024 ** 3
+HOST_RESERVE_SHARE = 0.10  # host_memory_gb: auto keeps this share of RAM for everything else
 
 
 def default_state_dir() -> Path:
@@ -41,9 +50,29 @@ def default_state_dir() -> Path:
     return Path(base) / "vllm-gateway"
 
 
+def _subprocess_launcher(gw: Gateway) -> Launcher:
+    records = GroupRecords(gw.state_dir / f"pgroups-{gw.config.server.port}.json",
+                           gw.config.faults.stop_grace_s)
+    return SubprocessLauncher(records)
+
+
+def _docker_launcher(gw: Gateway) -> Launcher:
+    from .launchers.docker import DockerLauncher
+    return DockerLauncher(gw.config.container_prefix, gw.instance_id)
+
+
+# Which launchers a gateway builds, by the name models give in `launcher:`. Those no model
+# names are not built (Docker's client, for one, wants an engine).
+LAUNCHERS: dict[str, Callable[[Gateway], Launcher]] = {
+    "subprocess": _subprocess_launcher,
+    "docker": _docker_launcher,
+}
+
+
 class Gateway:
     def __init__(self, config: GatewayConfig, *, nvml: Any = None,
-                 launchers: Mapping[str, Launcher] | None = None) -> None:
+                 launchers: Mapping[str, Launcher] | None = None, clock: Clock | None = None,
+                 sleep_control: SleepControl | None = None) -> None:
         self.config = config
         self.events = EventLog()
         self.metrics = Metrics()
@@ -51,17 +80,18 @@ class Gateway:
         self.started_at = time.time()
         self.accepting = False
         self.shutting_down = False
+        self.clock: Clock = clock or SystemClock()
         self._nvml_module = nvml
         self._launchers_override = launchers
-        self.nvml: NvmlReader | None = None
-        self.gpus: list[planner.Gpu] = []
+        self._sleep_override = sleep_control
+        self.gpus_reader: GpuReader = NullGpuReader()
         self.session: aiohttp.ClientSession | None = None
         self.probe_session: aiohttp.ClientSession | None = None
         self._manager: Manager | None = None
+        self._monitor: Monitor | None = None
         self._proxy: Proxy | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        # Requests being proxied, so shutdown can cancel what outlives its deadline.
-        self.active: set[asyncio.Task[Any]] = set()
+        self.state_dir = Path(config.state_dir) if config.state_dir else default_state_dir()
         self.instance_id = hashlib.sha1(
             f"{config.server.host}:{config.server.port}".encode()).hexdigest()[:12]
 
@@ -75,32 +105,35 @@ class Gateway:
         assert self._proxy is not None, "the gateway has not started"
         return self._proxy
 
-    def _open_gpus(self) -> None:
+    def _open_gpus(self) -> list[planner.Gpu]:
         gpus = self.config.gpus
         if gpus == "auto" or self._nvml_module is not None:
             try:
-                self.nvml = NvmlReader(self._nvml_module) if self._nvml_module is not None else open_nvml()
+                reader = (NvmlReader(self._nvml_module) if self._nvml_module is not None
+                          else open_nvml())
             except GpuDiscoveryError:
                 raise
             except Exception as exc:
                 raise GpuDiscoveryError(f"gpus: auto: NVML failed: {exc}") from exc
+            self.gpus_reader = reader
         declared = list(gpus) if isinstance(gpus, tuple) else None
-        self.gpus = inventory(declared, self.nvml if gpus == "auto" else None)
+        nvml = self.gpus_reader if isinstance(self.gpus_reader, NvmlReader) else None
+        return inventory(declared, nvml if gpus == "auto" else None)
+
+    def _host_total_gb(self) -> float:
+        declared = self.config.host_memory_gb
+        if declared != "auto":
+            return float(declared)
+        return psutil.virtual_memory().total / _GIB * (1 - HOST_RESERVE_SHARE)
 
     def _make_launchers(self) -> dict[str, Launcher]:
         if self._launchers_override is not None:
             return dict(self._launchers_override)
-        state_dir = Path(self.config.state_dir) if self.config.state_dir else default_state_dir()
-        records = GroupRecords(state_dir / f"pgroups-{self.config.server.port}.json",
-                               self.config.faults.stop_grace_s)
-        launchers: dict[str, Launcher] = {"subprocess": SubprocessLauncher(records)}
-        if any(m.launcher == "docker" for m in self.config.models.values()):
-            from .launchers.docker import DockerLauncher
-            launchers["docker"] = DockerLauncher(self.config.container_prefix, self.instance_id)
-        return launchers
+        wanted = {"subprocess"} | {m.launcher for m in self.config.models.values()}
+        return {kind: make(self) for kind, make in LAUNCHERS.items() if kind in wanted}
 
     async def start(self) -> None:
-        self._open_gpus()
+        gpus = self._open_gpus()
         pool = self.config.http_pool_size or max(
             sum(m.max_concurrent for m in self.config.models.values()), 100)
         self.session = aiohttp.ClientSession(
@@ -118,18 +151,24 @@ class Gateway:
                 log.warning("%s launcher: cannot clean leftovers: %s", kind, exc)
                 continue
             for what in cleaned:
-                self.events.add("-", "cleanup", f"removed leftover {what} from a previous run")
-        self._manager = Manager(self.config, self.gpus, launchers, self.events, self.metrics,
-                                self.probe, self.nvml)
+                self.events.add("-", EventKind.CLEANUP, f"removed leftover {what} from a previous run")
+        svc = Services(
+            config=self.config, launchers=launchers, events=self.events, metrics=self.metrics,
+            probe=self.probe, gpus_reader=self.gpus_reader,
+            sleep=self._sleep_override or HttpSleepControl(self.probe_session),
+            clock=self.clock,
+            costs=LoadCosts(self.state_dir / f"load-costs-{self.config.server.port}.json"))
+        self._manager = Manager(svc, gpus, self._host_total_gb())
+        probe_session = self.probe_session
+        self._monitor = Monitor(self._manager,
+                                lambda base, name: scrape_backend_metrics(probe_session, base, name))
         self._proxy = Proxy(self.session, self.config.retry, self.metrics)
         self.metrics.watch(self.status)
-        self._tasks = [asyncio.create_task(self._idle_loop()),
-                       asyncio.create_task(self._health_loop())]
-        if any(m.pinned for m in self.config.models.values()):
-            self._tasks.append(asyncio.create_task(self.manager.preload_pinned()))
+        self._monitor.start()
+        self._tasks.append(asyncio.create_task(self._manager.preload()))
         self.accepting = True
         log.info("gateway ready: %d models, GPUs %s", len(self.config.models),
-                 [(g.id, g.total_gb) for g in self.gpus] or "not accounted")
+                 [(g.id, g.total_gb) for g in gpus] or "not accounted")
 
     async def begin_shutdown(self) -> None:
         """Stop accepting: readiness fails and models no longer start. Requests in flight
@@ -137,33 +176,28 @@ class Gateway:
         self.accepting = False
         self.shutting_down = True
         if self._manager is not None:
-            self._manager.closing = True
-            self._manager.changes.notify()
-        self._tasks.append(asyncio.create_task(self._cancel_after_deadline()))
-
-    async def _cancel_after_deadline(self) -> None:
-        deadline = time.monotonic() + self.config.server.shutdown_timeout_s
-        while self.active and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        for task in list(self.active):
-            task.cancel()
+            self._manager.begin_shutdown()
+            self._tasks.append(asyncio.create_task(
+                self._manager.drain_requests(self.config.server.shutdown_timeout_s)))
 
     async def close(self) -> None:
+        """The shutdown order: stop the duties, stop every model, then close the clients."""
         self.shutting_down = True
+        if self._monitor is not None:
+            await self._monitor.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._manager is not None:
             await self._manager.shutdown()
-            for launcher in self._manager.launchers.values():
+            for launcher in self._manager.svc.launchers.values():
                 with contextlib.suppress(Exception):
                     await launcher.close()
         for session in (self.session, self.probe_session):
             if session is not None:
                 await session.close()
-        if self.nvml is not None:
-            with contextlib.suppress(Exception):
-                self.nvml.close()
+        with contextlib.suppress(Exception):
+            self.gpus_reader.close()
 
     async def probe(self, url: str, timeout_s: float) -> bool:
         assert self.probe_session is not None
@@ -174,50 +208,9 @@ class Gateway:
         except (TimeoutError, aiohttp.ClientError, OSError):
             return False
 
-    async def _idle_loop(self) -> None:
-        while True:
-            await asyncio.sleep(0.25)
-            self.manager.reap_idle()
-
-    async def _health_loop(self) -> None:
-        """Probe ready backends: a hung one is restarted, and vLLM's own gauges are read."""
-        faults = self.config.faults
-        while True:
-            await asyncio.sleep(faults.health_interval_s)
-            checks = [self._check(inst) for inst in self.manager.instances.values()
-                      if inst.state is State.READY and inst.cfg.managed and not inst.draining]
-            await asyncio.gather(*checks, return_exceptions=True)
-
-    async def _check(self, inst: Instance) -> None:
-        base = inst.base_url
-        if base is None:
-            return
-        # A busy server may answer slowly; only silence for this long counts as a failed probe.
-        timeout = max(2.0, min(2 * self.config.faults.health_interval_s, 10.0))
-        healthy = await self.probe(base + inst.cfg.health_path, timeout)
-        if healthy:
-            inst.failed_probes = 0
-            assert self.probe_session is not None
-            inst.backend_metrics = await scrape_backend_metrics(self.probe_session, base, inst.name)
-            return
-        if inst.state is not State.READY:
-            return
-        inst.failed_probes += 1
-        if inst.failed_probes >= self.config.faults.unhealthy_probes:
-            self.events.add(inst.name, "unhealthy",
-                            f"{inst.failed_probes} health checks failed in a row: restarting it")
-            inst.failed_probes = 0
-            await self.manager.unload(inst, reason="unhealthy")
-
     def status(self) -> dict[str, Any]:
-        used = self._manager.used_gb() if self._manager is not None else {}
-        driver: dict[int, float] = {}
-        if self.nvml is not None:
-            with contextlib.suppress(Exception):
-                driver = {r.id: round(r.used_gb, 2) for r in self.nvml.read()}
-        gpus = [{"id": g.id, "vram_gb": g.total_gb, "used_gb": round(used.get(g.id, 0.0), 2),
-                 "driver_used_gb": driver.get(g.id)} for g in self.gpus]
-        models = ([inst.status() for inst in self._manager.instances.values()]
-                  if self._manager is not None else [])
-        return {"gpus": gpus, "models": models, "accepting": self.accepting,
-                "uptime_s": round(time.time() - self.started_at, 1)}
+        doc: dict[str, Any] = (runtime_status(self._manager) if self._manager is not None
+                               else {"gpus": [], "models": [], "host_memory": None})
+        doc["accepting"] = self.accepting
+        doc["uptime_s"] = round(time.time() - self.started_at, 1)
+        return doc

@@ -37,19 +37,56 @@ class Reading:
     used_gb: float
 
 
+class GpuReader(Protocol):
+    """What the runtime reads of the driver; the null reader stands for "no NVML"."""
+
+    enabled: bool
+
+    async def read(self) -> list[Reading]:
+        """A fresh reading, taken off the event loop (NVML calls block)."""
+
+    def cached(self) -> list[Reading]:
+        """The last reading, for status pages: never blocks."""
+
+    def close(self) -> None: ...
+
+
+class NullGpuReader:
+    enabled = False
+
+    async def read(self) -> list[Reading]:
+        return []
+
+    def cached(self) -> list[Reading]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
 class NvmlReader:
     """Reads total and used memory per GPU from the NVIDIA driver."""
+
+    enabled = True
 
     def __init__(self, nvml: NvmlModule) -> None:
         self._nvml = nvml
         self._nvml.nvmlInit()
+        self._last: list[Reading] = []
 
-    def read(self) -> list[Reading]:
+    def read_now(self) -> list[Reading]:
         readings = []
         for index in range(self._nvml.nvmlDeviceGetCount()):
             info = self._nvml.nvmlDeviceGetMemoryInfo(self._nvml.nvmlDeviceGetHandleByIndex(index))
             readings.append(Reading(index, info.total / _GIB, info.used / _GIB))
+        self._last = readings
         return readings
+
+    async def read(self) -> list[Reading]:
+        return await asyncio.to_thread(self.read_now)
+
+    def cached(self) -> list[Reading]:
+        return list(self._last)
 
     def close(self) -> None:
         self._nvml.nvmlShutdown()
@@ -77,16 +114,16 @@ def inventory(declared: Sequence[GpuSpec] | None, reader: NvmlReader | None) -> 
         return [Gpu(g.id, g.vram_gb) for g in declared]
     if reader is None:
         return []
-    return [Gpu(r.id, round(r.total_gb, 2)) for r in reader.read()]
+    return [Gpu(r.id, round(r.total_gb, 2)) for r in reader.read_now()]
 
 
-async def wait_released(reader: NvmlReader, gpu_ids: Sequence[int], expected_used_gb: dict[int, float],
+async def wait_released(reader: GpuReader, gpu_ids: Sequence[int], expected_used_gb: dict[int, float],
                         timeout_s: float = 10.0, slack_gb: float = 0.5) -> bool:
     """Wait (bounded) until the driver's used memory on each GPU drops to what the gateway
     still has placed there, so the next model does not start into an out-of-memory error."""
     deadline = time.monotonic() + timeout_s
     while True:
-        readings = {r.id: r for r in await asyncio.to_thread(reader.read)}
+        readings = {r.id: r for r in await reader.read()}
         if all(
             g not in readings or readings[g].used_gb <= expected_used_gb.get(g, 0.0) + slack_gb
             for g in gpu_ids

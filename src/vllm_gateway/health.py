@@ -11,7 +11,7 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable, Iterable
 
-from .launchers.base import ServerHandle
+from .handles import ServerHandle
 
 READY_MARKERS = ("Application startup complete", "Uvicorn running on")
 

@@ -17,7 +17,9 @@ from prometheus_client.registry import Collector
 from .lifecycle import State
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+WAKE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60)
 START_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+# Primed at zero for dashboards; "sleep_timeout" (a sleeper stopped for good) appears once seen.
 EVICTION_REASONS = ("lru", "idle", "manual")
 TOKEN_KINDS = ("prompt", "completion")
 
@@ -56,7 +58,12 @@ class LiveCollector(Collector):
             placed.add_metric([str(g["id"])], g["used_gb"])
             if g.get("driver_used_gb") is not None:
                 driver.add_metric([str(g["id"])], g["driver_used_gb"])
-        yield from (in_flight, queued, state, total, placed, driver)
+        host = snap.get("host_memory")
+        host_used = GaugeMetricFamily("vllm_gateway_host_memory_used_gb",
+                                      "Host RAM held by models asleep at level 1")
+        if isinstance(host, dict):
+            host_used.add_metric([], float(host.get("used_gb") or 0.0))
+        yield from (in_flight, queued, state, total, placed, driver, host_used)
 
 
 class Metrics:
@@ -86,6 +93,17 @@ class Metrics:
         self.evictions = Counter("vllm_gateway_model_evictions",
                                  "Models stopped by the gateway, by reason (lru, idle, manual)",
                                  ["model", "reason"], registry=r)
+        self.sleeps = Counter("vllm_gateway_sleeps", "Models put to sleep, by level",
+                              ["model", "level"], registry=r)
+        self.wakes = Counter("vllm_gateway_wakes", "Models woken from sleep", ["model"],
+                             registry=r)
+        self.wake_seconds = Histogram("vllm_gateway_wake_seconds",
+                                      "Time from the wake decision to ready", ["model"],
+                                      buckets=WAKE_BUCKETS, registry=r)
+        self.wake_check_failures = Counter(
+            "vllm_gateway_wake_check_failures",
+            "Wakes whose check answer differed from the one after the cold start", ["model"],
+            registry=r)
         self.retries = Counter("vllm_gateway_retries", "Requests retried before reaching a backend",
                                ["model"], registry=r)
         ProcessCollector(namespace="vllm_gateway", registry=r)
@@ -136,6 +154,8 @@ class Metrics:
             self.starts.labels(name)
             self.failures.labels(name)
             self.retries.labels(name)
+            self.wakes.labels(name)
+            self.wake_check_failures.labels(name)
             for reason in EVICTION_REASONS:
                 self.evictions.labels(name, reason)
             for kind in TOKEN_KINDS:

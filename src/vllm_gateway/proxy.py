@@ -22,9 +22,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from .config import RetryConfig
 from .errors import BackendError, BackendTimeout, GatewayError
 from .lifecycle import State
-from .manager import Lease
 from .metrics import Metrics
 from .reqctx import RequestContext
+from .runtime.manager import Lease
 
 log = logging.getLogger("vllm_gateway.proxy")
 

@@ -9,12 +9,14 @@ implement these two small interfaces.
 from __future__ import annotations
 
 import asyncio
-import collections
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..config import ModelConfig
+from ..handles import LogBuffer, ServerHandle
+
+__all__ = ["LaunchError", "LaunchSpec", "Launcher", "LocalServer", "LogBuffer", "ServerHandle"]
 
 
 @dataclass(frozen=True)
@@ -34,28 +36,6 @@ class LaunchSpec:
             "gpu_ids": ",".join(str(g) for g in self.gpu_ids),
             "gpu_memory_utilization": f"{self.gpu_memory_utilization:.2f}",
         }
-
-
-class LogBuffer:
-    """The last lines a server printed, bounded, with listeners for live tails."""
-
-    def __init__(self, max_lines: int = 1000) -> None:
-        self._lines: collections.deque[str] = collections.deque(maxlen=max_lines)
-        self._listeners: list[Callable[[str], None]] = []
-
-    def append(self, line: str) -> None:
-        self._lines.append(line)
-        for listener in list(self._listeners):
-            listener(line)
-
-    def tail(self, n: int) -> list[str]:
-        if n <= 0:
-            return []
-        return list(self._lines)[-n:]
-
-    def subscribe(self, listener: Callable[[str], None]) -> Callable[[], None]:
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener)
 
 
 class LocalServer:
@@ -95,34 +75,6 @@ class LocalServer:
 
 class LaunchError(Exception):
     """The server could not be started at all (bad command, missing image...)."""
-
-
-class ServerHandle(Protocol):
-    """One running model server."""
-
-    @property
-    def pid(self) -> int | None:
-        """The main process id, or None where there is no local process."""
-
-    @property
-    def base_url(self) -> str:
-        """Where the server answers, e.g. ``http://127.0.0.1:41234``."""
-
-    @property
-    def logs(self) -> LogBuffer: ...
-
-    @property
-    def returncode(self) -> int | None:
-        """The exit code once the server is gone, else None."""
-
-    def alive(self) -> bool: ...
-
-    async def wait_exit(self) -> int:
-        """Wait until the server's main process has exited; returns its exit code."""
-
-    async def stop(self, grace_s: float) -> None:
-        """SIGTERM (or the equivalent), SIGKILL after ``grace_s``, and return only
-        when every process of the server is gone, so its memory is really free."""
 
 
 class Launcher(Protocol):

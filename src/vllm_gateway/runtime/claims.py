@@ -1,0 +1,165 @@
+"""Placement claims: what the runtime asks the pure planner, and applying its answer.
+
+A claim reads the instances, asks :func:`planner.plan`, and applies the
+decision (evictions, sleeps, the move to starting or waking) in one synchronous
+step. Patience and pressure live here too: how long a request waits for idle
+memory before it presses busy holders, and which holders it presses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import TYPE_CHECKING
+
+from .. import planner
+from ..errors import GatewayError
+from ..events import StopReason
+from ..lifecycle import State
+from .instance import Instance
+
+if TYPE_CHECKING:
+    from .manager import Manager
+
+# The first guess at a model's load time, before it was ever timed: a tenth of the time it
+# is allowed to take.
+FIRST_GUESS_SHARE = 0.1
+
+
+class Claims:
+    def __init__(self, manager: Manager) -> None:
+        self.m = manager
+
+    # -- costs ----------------------------------------------------------------------------
+
+    def expected_load_s(self, inst: Instance) -> float | None:
+        kind = "wake" if inst.state in (State.SLEEPING, State.WAKING) else "start"
+        return self.m.svc.costs.expected(inst.name, kind)
+
+    def patience_s(self, inst: Instance) -> float:
+        if inst.cfg.swap_patience_s is not None:
+            return inst.cfg.swap_patience_s
+        learned = self.m.svc.costs.expected(inst.name, "start")
+        return learned if learned is not None else inst.cfg.startup_timeout_s * FIRST_GUESS_SHARE
+
+    def load_left_s(self, inst: Instance) -> float | None:
+        """Seconds until a starting or waking model is expected to be ready."""
+        if inst.state not in (State.STARTING, State.WAKING) or inst.starting_since is None:
+            return None
+        expected = self.expected_load_s(inst)
+        if expected is None:
+            return None
+        return max(expected - (self.m.svc.clock.now() - inst.starting_since), 0.0)
+
+    def _reload_cost(self, inst: Instance, now: float) -> float:
+        """Expected load time × recent request rate. The load time is rounded to a power of
+        two: timings of alike models differ by noise, and noise must not override recency
+        (the decayed rate orders models of equal traffic by how recently they were used)."""
+        load = self.m.svc.costs.expected(inst.name, "start")
+        if load is None:
+            load = inst.cfg.startup_timeout_s * FIRST_GUESS_SHARE
+        bucket = 2.0 ** round(math.log2(max(load, 0.125)))
+        return bucket * inst.rate.at(now)
+
+    # -- planner inputs -------------------------------------------------------------------
+
+    def _loaded(self, exclude: Instance, evictable: frozenset[str] = frozenset()
+                ) -> list[planner.Loaded]:
+        now = self.m.svc.clock.now()
+        accounted = bool(self.m.gpus)
+        return [
+            planner.Loaded(
+                i.name, i.placement, i.held_gb() if accounted else 0.0, i.last_used_mono,
+                i.evictable() or i.name in evictable,
+                sleep_gb=i.cfg.sleep_vram_gb if i.cfg.sleep and i.state is State.READY else None,
+                asleep=i.state is State.SLEEPING,
+                reload_cost=self._reload_cost(i, now))
+            for i in self.m.instances.values()
+            if i is not exclude and i.placement is not None and i.cfg.managed
+        ]
+
+    def _need(self, inst: Instance) -> planner.Need:
+        cfg = inst.cfg
+        if not self.m.gpus or cfg.vram_gb <= 0:
+            return planner.Need(inst.name, 0.0, 0)
+        if inst.state is State.SLEEPING and inst.placement is not None:
+            # A wake needs its whole size again, on the GPUs it sleeps on.
+            return planner.Need(inst.name, cfg.vram_gb, len(inst.placement),
+                                frozenset(inst.placement))
+        allowed = frozenset(cfg.gpu_ids) if cfg.gpu_ids is not None else None
+        return planner.Need(inst.name, cfg.vram_gb, cfg.gpu_count, allowed)
+
+    def _plan(self, inst: Instance, evictable: frozenset[str] = frozenset()) -> planner.Decision:
+        return planner.plan(self.m.gpus, self._loaded(inst, evictable), self._need(inst),
+                            self.m.config.max_loaded_models)
+
+    # -- claims ---------------------------------------------------------------------------
+
+    def claim(self, inst: Instance, observed: State) -> planner.Decision | None:
+        """Plan and claim in one step; None when the state changed since it was read."""
+        decision = self._plan(inst)
+        if not isinstance(decision, (planner.Place, planner.EvictThenPlace)):
+            if isinstance(decision, planner.Impossible) and observed is State.SLEEPING:
+                # Its GPUs are gone (a node left): stop it, and the next look cold-starts it.
+                self.m.begin_stop(inst, StopReason.NODE_LOST)
+                return None
+            return decision
+        target = State.WAKING if observed is State.SLEEPING else State.STARTING
+        if not inst.life.move(observed, target):
+            return None
+        stops = self._evict(decision)
+        inst.starting_since = self.m.svc.clock.now()
+        if target is State.WAKING:
+            inst.transition = asyncio.create_task(self.m.transitions.wake(inst, stops))
+            return decision
+        inst.placement = tuple(decision.gpu_ids)
+        inst.gpu_memory_utilization = (
+            planner.gpu_memory_utilization(inst.cfg.vram_gb, self.m.gpus, decision.gpu_ids)
+            if decision.gpu_ids else 0.9)
+        inst.transition = asyncio.create_task(self.m.transitions.start(inst, stops))
+        return decision
+
+    def _evict(self, decision: planner.Place | planner.EvictThenPlace
+               ) -> list[asyncio.Task[GatewayError | None]]:
+        if not isinstance(decision, planner.EvictThenPlace):
+            return []
+        tasks = []
+        for name in decision.evict:
+            task = self.m.begin_evict(self.m.instances[name], StopReason.LRU,
+                                      sleep=name in decision.sleep)
+            if task is not None:
+                tasks.append(task)
+        return tasks
+
+    # -- patience and pressure ------------------------------------------------------------
+
+    def press(self, inst: Instance, decision: planner.NoRoom, started: float,
+              pressed: list[Instance]) -> None:
+        """After its patience, a waiting request presses the busy holders that are cheapest
+        to bring back (fewest queued requests, then least recently used), as few as make
+        room, and only those that have held their GPU for at least that patience."""
+        now = self.m.svc.clock.now()
+        patience = self.patience_s(inst)
+        if now - started < patience:
+            return
+        already = frozenset(h.name for h in pressed)
+        if already and isinstance(self._plan(inst, already),
+                                  (planner.Place, planner.EvictThenPlace)):
+            return  # those already pressed make room once they drain: press nobody else
+        candidates = sorted(
+            (h for h in (self.m.instances[n] for n in decision.holders)
+             if h not in pressed and not h.cfg.pinned and h.state is State.READY
+             and now - h.ready_since >= patience),
+            key=lambda h: (h.limiter.queued, h.last_used_mono, h.name))
+        if not candidates:
+            return
+        chosen = candidates
+        for k in range(1, len(candidates) + 1):
+            names = already | {h.name for h in candidates[:k]}
+            if isinstance(self._plan(inst, names), (planner.Place, planner.EvictThenPlace)):
+                chosen = candidates[:k]
+                break
+        for holder in chosen:
+            holder.pressure.append(started)
+            pressed.append(holder)
+            holder.changes.notify()
