@@ -166,7 +166,7 @@ def test_wrong_command_is_503_carrying_vllms_own_error(
     # The line vLLM itself ends with for a model folder that does not exist.
     assert "Repo id must be in the form" in message or "HFValidationError" in message, message
     broken = gw.model(BROKEN)
-    assert broken["state"] == "failed" and broken["pid"] is None
+    assert broken["state"] == "backoff" and broken["pid"] is None
     assert gw.status()["gpus"][0]["used_gb"] == 0
     wait_until(lambda: not gw.model_pids(), 60, what="the failed server's processes to be gone")
 
