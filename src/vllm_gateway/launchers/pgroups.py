@@ -9,16 +9,15 @@ leader is still the process that was started (pids are reused).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import signal
-import time
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from .pgroup import terminate_group_blocking
 
 log = logging.getLogger("vllm_gateway.launcher")
 
@@ -79,21 +78,7 @@ class GroupRecords:
             # With the leader gone, the kernel keeps the pgid reserved while any member lives,
             # so whatever still answers to it is the orphaned rest of that server.
             log.warning("stopping leftover process group %d of model %s", pgid, entry.get("model"))
-            _terminate_group(pgid, self._grace_s)
+            terminate_group_blocking(pgid, self._grace_s, str(entry.get("model")))
             killed.append(f"{entry.get('model')} (pgid {pgid})")
         self._write(keep)
         return killed
-
-
-def _terminate_group(pgid: int, grace_s: float = 10.0) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)

@@ -21,9 +21,8 @@ import subprocess
 import sys
 from collections.abc import Mapping
 
-import psutil
-
 from .base import LaunchError, LaunchSpec, LocalServer, LogBuffer
+from .pgroup import terminate_group
 from .pgroups import GroupRecords
 
 log = logging.getLogger("vllm_gateway.launcher")
@@ -44,24 +43,6 @@ def _die_with_parent() -> None:
 def format_argv(argv: tuple[str, ...], values: Mapping[str, str]) -> list[str]:
     """Fill ``{port}``-style placeholders in each argument (no shell involved)."""
     return [arg.format_map(values) for arg in argv]
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return []
-    except PermissionError:
-        pass
-    members = []
-    for proc in psutil.process_iter(["pid", "status"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                members.append(proc.pid)
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return members
 
 
 class ProcessHandle(LocalServer):
@@ -130,13 +111,7 @@ class ProcessHandle(LocalServer):
 
     async def stop(self, grace_s: float) -> None:
         pgid = self._popen.pid
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGTERM)
-        if not await self._wait_group_gone(grace_s):
-            log.warning("[%s] still running %.1f s after SIGTERM: SIGKILL", self._name, grace_s)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGKILL)
-            await self._wait_group_gone(30.0)
+        await terminate_group(pgid, grace_s, reap=self._popen.poll, name=self._name)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._exited), 5.0)
         for task in self._tasks:
@@ -144,19 +119,6 @@ class ProcessHandle(LocalServer):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._records is not None:
             self._records.forget(pgid)
-
-    async def _wait_group_gone(self, timeout: float) -> bool:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        delay = 0.01
-        while True:
-            self._popen.poll()  # reap the leader so it does not linger as a zombie
-            if not group_members(self._popen.pid):
-                return True
-            if loop.time() >= deadline:
-                return False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.2)
 
 
 class SubprocessLauncher:
