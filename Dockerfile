@@ -18,8 +18,11 @@ WORKDIR /src
 # runtime stage, so no compiler or build tool reaches it.
 COPY pyproject.toml README.md ./
 COPY src ./src
+# .dockerignore leaves src/fake_vllm out; fail the build if it ever slips in.
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install .
+    && /opt/venv/bin/pip install . \
+    && if /opt/venv/bin/python -c 'import fake_vllm' 2>/dev/null; then \
+         echo 'fake_vllm (a test fake) must not be in the gateway image' >&2; exit 1; fi
 
 FROM python:${PYTHON_VERSION}-slim
 # A fixed, unprivileged uid: the Docker socket is reached through its group

@@ -4,7 +4,7 @@
     python -m bench.proxy --smoke              # everything in seconds, for CI
     python -m bench.proxy --only direct,gateway
 
-One fake upstream (``python -m vllm_gateway.fake_backend``) runs for the whole
+One fake upstream (``python -m fake_vllm``) runs for the whole
 benchmark; each peer is started in front of it in turn, checked to answer as
 direct does, loaded, measured and stopped. It prints one table and the
 targets, and writes every figure as JSON under bench/results/.
@@ -103,9 +103,9 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    if importlib.util.find_spec("vllm_gateway.fake_backend") is None:
+    if importlib.util.find_spec("fake_vllm") is None:
         print(
-            "vllm_gateway.fake_backend is not importable: run from the project's venv",
+            "fake_vllm is not importable: run from the project's venv",
             file=sys.stderr,
         )
         return 2

@@ -60,7 +60,7 @@ def backend_argv(port: str, name: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "vllm_gateway.fake_backend",
+        "fake_vllm",
         "--port",
         port,
         "--served-model-name",

@@ -27,7 +27,7 @@ from .peers import SWAP_MODEL, Endpoint
 from .procs import LOOPBACK, Processes, free_port, tree, wait_port
 from .stats import median
 
-BACKEND_MARK = "vllm_gateway.fake_backend"
+BACKEND_MARK = "fake_vllm"
 STOP_TIMEOUT_S = 30.0
 
 

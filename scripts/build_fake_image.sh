@@ -6,7 +6,7 @@
 #
 # The image is a root filesystem laid out by scripts/fake_rootfs.py (the
 # project's Python interpreter, a trimmed standard library, aiohttp and this
-# repository's vllm_gateway package), imported with `docker import`. Its
+# repository's fake_vllm package), imported with `docker import`. Its
 # entrypoint is the fake backend, so a container takes the arguments vLLM's
 # image takes: `--port P --served-model-name NAME`.
 #
@@ -44,7 +44,7 @@ content_hash() {
         printf '%s\n' "${DISTS[@]}"
         "$PY" -m pip freeze --all 2>/dev/null | grep -v -i '^-e\|vllm.gateway' || true
         cat "$ROOT/scripts/fake_rootfs.py" "$ROOT/scripts/build_fake_image.sh"
-        (cd "$ROOT/src" && find vllm_gateway -name '*.py' -print0 | sort -z | xargs -0 sha256sum)
+        (cd "$ROOT/src" && find fake_vllm -name '*.py' -print0 | sort -z | xargs -0 sha256sum)
     } | sha256sum | cut -c1-16
 }
 
@@ -62,7 +62,7 @@ if [ "${1:-}" != --force ]; then
 fi
 
 started=$SECONDS
-"$PY" "$ROOT/scripts/fake_rootfs.py" "$ROOTFS" "$ROOT/src/vllm_gateway" "${DISTS[@]}"
+"$PY" "$ROOT/scripts/fake_rootfs.py" "$ROOTFS" "$ROOT/src/fake_vllm" "${DISTS[@]}"
 
 # Numeric root ownership: the tar must not depend on this machine's users.
 tar -C "$ROOTFS" --numeric-owner --owner=0 --group=0 -cf - . |
@@ -73,7 +73,7 @@ tar -C "$ROOTFS" --numeric-owner --owner=0 --group=0 -cf - . |
         --change 'ENV PYTHONUNBUFFERED=1' \
         --change 'ENV PYTHONDONTWRITEBYTECODE=1' \
         --change "LABEL $HASH_LABEL=$HASH" \
-        --change 'ENTRYPOINT ["python3", "-m", "vllm_gateway.fake_backend"]' \
+        --change 'ENTRYPOINT ["python3", "-m", "fake_vllm"]' \
         - "${TAGS[0]}" >/dev/null
 for tag in "${TAGS[@]:1}"; do
     docker tag "${TAGS[0]}" "$tag"
@@ -85,7 +85,7 @@ docker image prune -f --filter "label=$HASH_LABEL" >/dev/null
 # The image must run the fake backend (its server and aiohttp imported, its
 # options parsed); say so now rather than in a test's start-up timeout.
 if ! out="$(docker run --rm --network none "${TAGS[0]}" --help 2>&1)"; then
-    log "the image cannot run python -m vllm_gateway.fake_backend:"
+    log "the image cannot run python -m fake_vllm:"
     printf '%s\n' "$out" >&2
     exit 1
 fi

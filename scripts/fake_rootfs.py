@@ -1,11 +1,11 @@
-"""Lay out a minimal root filesystem that runs this package's fake backend.
+"""Lay out a minimal root filesystem that runs this repository's fake vLLM server.
 
 Used by scripts/build_fake_image.sh, which tars the folder and `docker import`s
 it: no registry is reachable, so no base image can be pulled. The filesystem
 holds the running interpreter (binary, libpython, a trimmed standard library,
 the C libraries they link), the installed distributions named on the command
-line with everything they require, and this repository's ``vllm_gateway``
-package. Run it with the project's venv interpreter so that the distributions
+line with everything they require, and this repository's ``fake_vllm``
+package (the gateway itself is not needed inside). Run it with the project's venv interpreter so that the distributions
 are found where the gateway itself finds them.
 
     python scripts/fake_rootfs.py OUT_DIR SRC_PACKAGE_DIR [DIST ...]

@@ -33,7 +33,7 @@ def free_port() -> int:
 
 def fake_command(*extra: str, worker: bool = True, startup_delay: float = 0.2) -> list[str]:
     """The command of a model served by the fake backend (a vLLM look-alike)."""
-    cmd = [PY, "-m", "vllm_gateway.fake_backend", "--port", "{port}", "--served-model-name",
+    cmd = [PY, "-m", "fake_vllm", "--port", "{port}", "--served-model-name",
            "{name}", "--startup-delay", str(startup_delay)]
     if not worker:
         cmd.append("--no-worker")

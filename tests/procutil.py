@@ -114,7 +114,7 @@ def fake_backend_cmd(port: int, name: str = "fake", *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "vllm_gateway.fake_backend",
+        "fake_vllm",
         "--port",
         str(port),
         "--served-model-name",

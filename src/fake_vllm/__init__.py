@@ -2,7 +2,7 @@
 
 Run it as its own process::
 
-    python -m vllm_gateway.fake_backend --port 8001 --served-model-name tiny
+    python -m fake_vllm --port 8001 --served-model-name tiny
 
 It behaves like vLLM's OpenAI server wherever a gateway can tell: the port
 refuses connections while the "model" loads, it answers the same endpoints and

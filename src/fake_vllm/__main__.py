@@ -1,4 +1,4 @@
-"""Entry point: ``python -m vllm_gateway.fake_backend``.
+"""Entry point: ``python -m fake_vllm``.
 
 The worker child runs this same module with ``--worker-of PID`` first; it is
 dispatched before the server modules (and aiohttp) are imported, so that an

@@ -50,7 +50,7 @@ def _number(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m vllm_gateway.fake_backend",
+        prog="python -m fake_vllm",
         description="A fake vLLM OpenAI-compatible server for tests, demos and benchmarks.",
     )
     vllm = parser.add_argument_group("vLLM-compatible options")

@@ -23,7 +23,7 @@ def spawn_worker() -> subprocess.Popen[bytes]:
     # Inheriting the output pipes is deliberate: vLLM's engine processes do too,
     # so a gateway reading a killed server's pipes must not wait for EOF.
     return subprocess.Popen(
-        [sys.executable, "-m", "vllm_gateway.fake_backend", WORKER_FLAG, str(os.getpid())],
+        [sys.executable, "-m", "fake_vllm", WORKER_FLAG, str(os.getpid())],
         stdin=subprocess.DEVNULL,
     )
 
@@ -33,7 +33,7 @@ def _exit_now(signum: int, frame: FrameType | None) -> None:
 
 
 def worker_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vllm_gateway.fake_backend --worker-of")
+    parser = argparse.ArgumentParser(prog="python -m fake_vllm --worker-of")
     parser.add_argument(WORKER_FLAG, dest="parent", type=int, required=True, metavar="PID")
     args = parser.parse_args(list(argv))
     signal.signal(signal.SIGTERM, _exit_now)

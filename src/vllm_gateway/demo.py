@@ -22,7 +22,7 @@ def demo_config_text() -> str:
         "models:",
     ]
     for name, spec in _MODELS.items():
-        command = [sys.executable, "-m", "vllm_gateway.fake_backend", "--port", "{port}",
+        command = [sys.executable, "-m", "fake_vllm", "--port", "{port}",
                    "--served-model-name", "{name}", "--startup-delay", "1.5",
                    "--token-delay", str(spec["delay"])]
         lines += [
