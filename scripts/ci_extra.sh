@@ -22,3 +22,6 @@ BROWSER_TESTS_REQUIRED=1 .venv/bin/python -m pytest -m browser tests/browser -q
 step "benchmark smoke run (timings are not asserted)"
 bash scripts/install_bench_tools.sh
 .venv/bin/python -m bench.proxy --smoke
+
+step "trace benchmark smoke run: every request answered, nothing over-committed"
+.venv/bin/python -m bench.trace --smoke

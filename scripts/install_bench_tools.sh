@@ -3,7 +3,9 @@
 #   - nginx and wrk from Debian's packages (the benchmark never uses a system nginx
 #     service: it runs a private instance with its own conf, pid, log and temp files);
 #   - the LiteLLM proxy in its own virtual environment .venv-litellm, pinned by
-#     bench/requirements-litellm.txt, so its many dependencies never touch .venv.
+#     bench/requirements-litellm.txt, so its many dependencies never touch .venv;
+#   - matplotlib for the trace benchmark's plot, pinned by bench/requirements-trace.txt,
+#     into .venv (bench-only: nothing of the gateway imports it).
 # Idempotent: what is already there is left as it is.
 set -euo pipefail
 
@@ -29,6 +31,10 @@ if [ ! -x "$venv/bin/litellm" ]; then
     "$python_bin" -m venv "$venv"
     "$venv/bin/pip" install -q -r bench/requirements-litellm.txt
 fi
+if ! .venv/bin/python -c 'import matplotlib' 2>/dev/null; then
+    .venv/bin/pip install -q -r bench/requirements-trace.txt
+fi
 echo "nginx: $(/usr/sbin/nginx -v 2>&1 | sed 's/.*nginx\///')"
 echo "wrk: $(wrk -v 2>&1 | head -n1 | awk '{print $2}')"
 echo "litellm: $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("litellm"))')"
+echo "matplotlib: $(.venv/bin/python -c 'import matplotlib; print(matplotlib.__version__)')"

@@ -18,7 +18,7 @@ from typing import Any
 from ..machine import machine_info
 from ..procs import ChildFailed, Processes
 from . import report
-from .configs import CONFIGURATIONS
+from .configs import CONFIGURATIONS, STARTUP_TIMEOUT_S
 from .run import detect_backend, run_one
 from .summary import problems
 from .workloads import FULL_DURATION_S, WORKLOADS
@@ -26,6 +26,8 @@ from .workloads import FULL_DURATION_S, WORKLOADS
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 SMOKE_DURATION_S = {"team": 900.0, "agents": 600.0, "skewed": 240.0}
 SMOKE_SCALE = 60.0
+# A smoke run checks answers, so no request may be refused for waiting too long at its scale.
+SMOKE_STARTUP_TIMEOUT_S = 4 * 3600.0
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-trace-") as tmp, Processes(Path(tmp)) as procs:
-        backend = detect_backend(Path(tmp), procs)
+        backend = detect_backend(procs, SMOKE_STARTUP_TIMEOUT_S if args.smoke
+                                 else STARTUP_TIMEOUT_S)
         print(f"[trace] fake backend: python -m {backend.module}, bare start "
               f"{backend.python_start_s:.2f} s wall, sleep delays: {backend.sleep_options}",
               flush=True)

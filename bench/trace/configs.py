@@ -34,6 +34,8 @@ class Backend:
     module: str
     sleep_options: bool  # it takes --sleep-delay and --wake-delay
     python_start_s: float  # spawn to port open with no start-up delay, measured, wall seconds
+    # The gateway's start-up timeout (trace s), which also bounds a wait for room (504 after).
+    startup_timeout_s: float = STARTUP_TIMEOUT_S
 
 
 def backend_command(model: Model, backend: Backend, scale: float) -> list[str]:
@@ -65,7 +67,7 @@ def base(workload: Workload, backend: Backend, scale: float) -> dict[str, Any]:
             "max_concurrent": MAX_CONCURRENT,
             "max_queue": MAX_QUEUE,
             "idle_timeout_s": IDLE_TIMEOUT_S / scale,
-            "startup_timeout_s": STARTUP_TIMEOUT_S / scale,
+            "startup_timeout_s": backend.startup_timeout_s / scale,
             "request_timeout_s": REQUEST_TIMEOUT_S / scale,
         },
         "models": _models(workload, backend, scale),

@@ -8,14 +8,16 @@ clock and divided back into trace seconds by the caller.
 The fake backend spends one token delay per generated token and has no
 prefill of its own, so a request's prefill is spread over its token delays:
 the request holds its server for its whole service time, and its first token
-is reported at the moment it would have come (measured first token plus the
-prefill the spread moved after it).
+is reported at the moment it would have come (measured first token, moved by
+the difference the spread made). At high scales tokens are grouped so that no
+delay is shorter than the event loops can keep (``MIN_TOKEN_WALL_S``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from dataclasses import dataclass
 
@@ -25,6 +27,9 @@ from . import costs
 from .workloads import Session, Turn, Workload
 
 TOKEN_CHUNK = b'"delta":{"content":"'
+# Below this many wall seconds per token the event loops, not the token delay, would set the
+# pace: generate fewer, longer tokens with the same total time instead.
+MIN_TOKEN_WALL_S = 0.002
 
 
 @dataclass
@@ -37,6 +42,7 @@ class Record:
     prompt_tokens: int
     output_tokens: int
     service_s: float  # its own prefill and decode, trace seconds
+    sent_tokens: int  # what the fake backend is asked to generate (see replayed_tokens)
     sent: float = 0.0
     first: float | None = None
     end: float | None = None
@@ -45,23 +51,33 @@ class Record:
     error: str = ""
 
 
-def body(turn: Turn, workload: Workload, scale: float) -> dict[str, object]:
-    vram = workload.model(turn.model).vram_gb
-    per_token = costs.service_s(vram, turn.prompt_tokens, turn.output_tokens) / turn.output_tokens
-    doc: dict[str, object] = {
+def replayed_tokens(turn: Turn, vram_gb: float, scale: float) -> int:
+    """Tokens the fake backend generates for ``turn``: its own, or fewer at a high scale."""
+    per_token_wall = 1.0 / costs.decode_tok_s(vram_gb) / scale
+    group = max(1, math.ceil(MIN_TOKEN_WALL_S / per_token_wall))
+    return max(1, math.ceil(turn.output_tokens / group))
+
+
+def body(turn: Turn, vram_gb: float, scale: float) -> dict[str, object]:
+    service = costs.service_s(vram_gb, turn.prompt_tokens, turn.output_tokens)
+    tokens = replayed_tokens(turn, vram_gb, scale)
+    return {
         "model": turn.model,
         "messages": [{"role": "user", "content": f"turn of {turn.prompt_tokens} tokens"}],
-        "max_tokens": turn.output_tokens,
+        "max_tokens": tokens,
         "stream": turn.stream,
-        "fake": {"token_delay": per_token / scale},
+        "fake": {"token_delay": service / tokens / scale},
     }
-    return doc
 
 
-def _prefill_shift_s(record: Record, vram: float) -> float:
-    """Trace seconds the spread prefill moved the first token later than measured."""
-    prefill = costs.prefill_s(vram, record.prompt_tokens)
-    return prefill * (1.0 - 1.0 / record.output_tokens)
+def first_token_shift_s(record: Record, vram_gb: float) -> float:
+    """Trace seconds from the replayed first token to the one the real server would send.
+
+    The replay's first token comes one (spread) token delay after the request got
+    its server; the real one after the prefill and one decode step.
+    """
+    real = costs.prefill_s(vram_gb, record.prompt_tokens) + 1.0 / costs.decode_tok_s(vram_gb)
+    return real - record.service_s / record.sent_tokens
 
 
 async def _send(session: aiohttp.ClientSession, url: str, record: Record,
@@ -78,7 +94,7 @@ async def _send(session: aiohttp.ClientSession, url: str, record: Record,
             record.end = record.first = time.monotonic() - t0
             usage = doc.get("usage") or {}
             record.complete = (doc["choices"][0].get("finish_reason") == "length"
-                               and usage.get("completion_tokens") == record.output_tokens)
+                               and usage.get("completion_tokens") == record.sent_tokens)
             return
         tokens = 0
         done = False
@@ -90,9 +106,9 @@ async def _send(session: aiohttp.ClientSession, url: str, record: Record,
                 if record.first is None:
                     record.first = time.monotonic() - t0
         record.end = time.monotonic() - t0
-        record.complete = done and tokens == record.output_tokens
+        record.complete = done and tokens == record.sent_tokens
         if not record.complete:
-            record.error = f"stream ended after {tokens} of {record.output_tokens} tokens"
+            record.error = f"stream ended after {tokens} of {record.sent_tokens} tokens"
 
 
 async def _session(index: int, sess: Session, workload: Workload, scale: float,
@@ -104,16 +120,17 @@ async def _session(index: int, sess: Session, workload: Workload, scale: float,
             await asyncio.sleep(turn.gap_s / scale)
         vram = workload.model(turn.model).vram_gb
         record = Record(index, turn.model, turn.stream, turn.prompt_tokens, turn.output_tokens,
-                        costs.service_s(vram, turn.prompt_tokens, turn.output_tokens))
+                        costs.service_s(vram, turn.prompt_tokens, turn.output_tokens),
+                        replayed_tokens(turn, vram, scale))
         records.append(record)
         try:
-            await _send(http, url, record, body(turn, workload, scale), t0)
+            await _send(http, url, record, body(turn, vram, scale), t0)
         except (TimeoutError, aiohttp.ClientError, ValueError, KeyError) as exc:
             record.error = f"{type(exc).__name__}: {exc}"
             record.end = time.monotonic() - t0
         if record.first is not None and record.stream:
-            record.first += _prefill_shift_s(record, vram) / scale
-            record.first = min(record.first, record.end or record.first)
+            record.first += first_token_shift_s(record, vram) / scale
+            record.first = max(record.sent, min(record.first, record.end or record.first))
 
 
 async def replay(workload: Workload, base_url: str, scale: float, timeout_s: float,

@@ -20,6 +20,7 @@ COLUMNS = (
     ("ttft_p95_s", "TTFT p95", "{:.1f}"),
     ("slo_share", "first token ≤ 5 s", "{:.0%}"),
     ("unfairness", "unfairness", "{:.1f}"),
+    ("wait_p50_s", "wait p50", "{:.1f}"),
 )
 
 

@@ -24,7 +24,7 @@ STATUS_POLL_S = 0.05
 GRACE_S = 120.0
 
 
-def detect_backend(workdir: Path, procs: Processes) -> Backend:
+def detect_backend(procs: Processes, startup_timeout_s: float) -> Backend:
     """The fake backend that is installed, whether it has sleep delays, its bare start-up time."""
     module = next((m for m in BACKEND_MODULES if importlib.util.find_spec(m.split(".")[0])
                    and importlib.util.find_spec(m)), None)
@@ -45,7 +45,7 @@ def detect_backend(workdir: Path, procs: Processes) -> Backend:
         finally:
             procs.stop(child)
     return Backend(module, "--sleep-delay" in help_text and "--wake-delay" in help_text,
-                   statistics.median(starts))
+                   statistics.median(starts), startup_timeout_s)
 
 
 def _sleep_ignored(config: Configuration, enabled: set[str]) -> str:
@@ -80,7 +80,7 @@ def run_one(workload: Workload, config: Configuration, backend: Backend, scale: 
         return watch.expected_at(model, t0 + sent)
 
     observed = Observed(metrics, watch.overcommits, watch.polls, expected_load)
-    row = summarize(workload, records, observed, scale, config.bounded)
+    row = summarize(workload, records, observed, scale, config.bounded, backend.startup_timeout_s)
     ignored = _sleep_ignored(config, watch.sleep_enabled)
     row.update({"status": "ok" if not ignored else "not available yet", "note": ignored,
                 "max_in_flight": watch.max_in_flight, "metrics": metrics,

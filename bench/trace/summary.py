@@ -39,7 +39,7 @@ def _total(metrics: Mapping[str, Mapping[str, float]], key: str) -> float:
 
 
 def wait_bound_s(record: Record, workload: Workload, expected_load_s: float | None,
-                 drain_s: float) -> float:
+                 drain_s: float, startup_timeout_s: float = STARTUP_TIMEOUT_S) -> float:
     """README's bound for a request waiting for room: patience + the holders' drain + one load.
 
     The patience is the model's expected load time when the gateway had learned one,
@@ -47,12 +47,12 @@ def wait_bound_s(record: Record, workload: Workload, expected_load_s: float | No
     counted as part of the load.
     """
     vram = workload.model(record.model).vram_gb
-    patience = expected_load_s if expected_load_s is not None else STARTUP_TIMEOUT_S / 10
+    patience = expected_load_s if expected_load_s is not None else startup_timeout_s / 10
     return patience + drain_s + costs.cold_start_s(vram) + costs.STOP_S
 
 
 def summarize(workload: Workload, records: Sequence[Record], observed: Observed, scale: float,
-              bounded: bool) -> dict[str, Any]:
+              bounded: bool, startup_timeout_s: float = STARTUP_TIMEOUT_S) -> dict[str, Any]:
     done = [r for r in records if r.complete and r.end is not None]
     latency = [(r.end - r.sent) * scale for r in done if r.end is not None]
     first = [((r.first if r.first is not None else r.end) - r.sent) * scale
@@ -62,13 +62,17 @@ def summarize(workload: Workload, records: Sequence[Record], observed: Observed,
     for r, lat in zip(done, latency, strict=True):
         waits.setdefault(r.model, []).append(max(0.0, lat - r.service_s))
     p95_wait = {model: _pct(values, 95) or 0.0 for model, values in waits.items()}
-    drain = max((r.service_s for r in records), default=0.0)
+    # A holder's drain: its longest request, as served in this replay (never under the model's).
+    spans = [(r.end - r.first) * scale + r.service_s / r.sent_tokens
+             for r in done if r.stream and r.first is not None and r.end is not None]
+    drain = max([r.service_s for r in records] + spans, default=0.0)
     worst: dict[str, Any] = {"wait_s": 0.0, "bound_s": None, "model": None}
     over_bound = 0
     for r, lat in zip(done, latency, strict=True):
         wait = max(0.0, lat - r.service_s)
         expected = observed.expected_load(r.model, r.sent)
-        bound = wait_bound_s(r, workload, None if expected is None else expected * scale, drain)
+        bound = wait_bound_s(r, workload, None if expected is None else expected * scale, drain,
+                             startup_timeout_s)
         over_bound += bounded and wait > bound
         if wait > worst["wait_s"]:
             worst = {"wait_s": wait, "bound_s": bound if bounded else None, "model": r.model}
@@ -95,6 +99,8 @@ def summarize(workload: Workload, records: Sequence[Record], observed: Observed,
         "unfairness": ((max(p95_wait.values()) + 1) / (min(p95_wait.values()) + 1)
                        if p95_wait else None),
         "p95_wait_by_model_s": p95_wait,
+        # On the floor (nothing to wait for but first starts) this is the replay's own overhead.
+        "wait_p50_s": _pct([w for values in waits.values() for w in values], 50),
         "max_wait_for_room": {**worst, "over_bound": int(over_bound) if bounded else None},
         "overcommits": list(observed.overcommits)[:10],
         "status_polls": observed.polls,
