@@ -15,7 +15,7 @@ from ..procs import ChildFailed, Processes, free_port, wait_port
 from . import gateway
 from .configs import MAX_CONCURRENT, Backend, Configuration
 from .replay import Record, replay
-from .summary import Observed, summarize
+from .summary import Observed, problems, summarize
 from .workloads import Workload
 
 BACKEND_MODULES = ("fake_vllm", "vllm_gateway.fake_backend")
@@ -83,8 +83,9 @@ def run_one(workload: Workload, config: Configuration, backend: Backend, scale: 
     row = summarize(workload, records, observed, scale, config.bounded, backend.startup_timeout_s)
     ignored = _sleep_ignored(config, watch.sleep_enabled)
     row.update({"status": "ok" if not ignored else "not available yet", "note": ignored,
-                "max_in_flight": watch.max_in_flight, "metrics": metrics,
-                "gateway_log_tail": child.log_tail(8)})
+                "max_in_flight": watch.max_in_flight, "metrics": metrics})
+    if problems(row):
+        print(f"[trace] the gateway's last output:\n{child.log_tail(8)}", flush=True)
     return row
 
 
