@@ -211,6 +211,8 @@ class Gateway:
     def status(self) -> dict[str, Any]:
         doc: dict[str, Any] = (runtime_status(self._manager) if self._manager is not None
                                else {"gpus": [], "models": [], "host_memory": None})
+        for model in doc["models"]:
+            model["recent"] = self.metrics.recent.summary(model["name"])
         doc["accepting"] = self.accepting
         doc["uptime_s"] = round(time.time() - self.started_at, 1)
         return doc

@@ -7,6 +7,9 @@ time from their one owner, so they can never drift from what status shows.
 
 from __future__ import annotations
 
+import math
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -22,6 +25,51 @@ START_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 # Primed at zero for dashboards; "sleep_timeout" (a sleeper stopped for good) appears once seen.
 EVICTION_REASONS = ("lru", "idle", "manual")
 TOKEN_KINDS = ("prompt", "completion")
+RECENT_WINDOW_S = 3600.0
+# Per model; a busier model's rate and p95 then cover the last RECENT_MAX requests only.
+RECENT_MAX = 4096
+
+
+class RecentRequests:
+    """The last requests of each model (end time, duration), for the status document.
+
+    Bounded per model, so a busy model costs the same memory as a quiet one; the
+    summary is computed when asked for (a status poll), not on the request path.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 window_s: float = RECENT_WINDOW_S, maxlen: int = RECENT_MAX) -> None:
+        self._clock = clock
+        self._window_s = window_s
+        self._maxlen = maxlen
+        self._since = clock()
+        self._by_model: dict[str, deque[tuple[float, float]]] = {}
+
+    def add(self, model: str, duration_s: float) -> None:
+        window = self._by_model.get(model)
+        if window is None:
+            window = self._by_model[model] = deque(maxlen=self._maxlen)
+        window.append((self._clock(), duration_s))
+
+    def summary(self, model: str) -> dict[str, float | None]:
+        """``requests_per_min`` and ``p95_s`` over the last hour (p95 None without requests)."""
+        now = self._clock()
+        start = now - self._window_s
+        window = self._by_model.get(model, deque())
+        recent = [d for t, d in window if t >= start]
+        if len(window) == self._maxlen and window[0][0] > start:
+            # A full window has seen only the span since its oldest entry.
+            span_s = max(now - window[0][0], 1.0)
+        else:
+            # A gateway up for five minutes has seen five minutes, not an hour; the floor
+            # keeps its first request from reading as 60 a minute.
+            span_s = max(now - max(start, self._since), 60.0)
+        span_min = span_s / 60.0
+        p95: float | None = None
+        if recent:
+            recent.sort()
+            p95 = round(recent[max(math.ceil(0.95 * len(recent)) - 1, 0)], 3)
+        return {"requests_per_min": round(len(recent) / span_min, 2), "p95_s": p95}
 
 
 class LiveCollector(Collector):
@@ -111,6 +159,7 @@ class Metrics:
         self._by_code: dict[tuple[str, int], Any] = {}
         self._by_kind: dict[tuple[str, str], Any] = {}
         self._by_model: dict[str, tuple[Any, Any, Any]] = {}
+        self.recent = RecentRequests()
 
     def _model_children(self, model: str) -> tuple[Any, Any, Any]:
         children = self._by_model.get(model)
@@ -135,6 +184,7 @@ class Metrics:
             counter = self._by_code[(model, code)] = self.requests.labels(model, str(code))
         counter.inc()
         if model:
+            self.recent.add(model, duration_s)
             duration, ttfb, _ = self._model_children(model)
             duration.observe(duration_s)
             if ttfb_s is not None:
