@@ -36,7 +36,7 @@ CHROMIUM_ARGS = [
 VIEWPORT = {"width": 1280, "height": 800}
 INSTALL_HINT = "run scripts/install_browser.sh"
 
-Screenshot = Callable[[Any, str], Awaitable[Path]]
+Screenshot = Callable[..., Awaitable[Path]]  # (page, name, full_page=False)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -99,10 +99,10 @@ def screenshot() -> Screenshot:
     docs/dashboard.png, the README's picture; plain test runs leave git clean.
     """
 
-    async def shoot(page: Any, name: str) -> Path:
+    async def shoot(page: Any, name: str, full_page: bool = False) -> Path:
         ARTIFACTS.mkdir(exist_ok=True)
         path = ARTIFACTS / name
-        await page.screenshot(path=str(path))
+        await page.screenshot(path=str(path), full_page=full_page)
         if name == "dashboard.png" and os.environ.get("DASHBOARD_SCREENSHOT_TO_DOCS") == "1":
             shutil.copyfile(path, ROOT / "docs" / "dashboard.png")
         return path

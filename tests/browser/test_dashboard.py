@@ -1,8 +1,7 @@
 """The dashboard in headless Chromium, against a real gateway with fake model servers.
 
 A chat request starts a stopped model and the page shows it become ready;
-the page's own Unload button stops it again. Busy and broken neighbours make
-the same page the README's screenshot.
+the page's own Unload button stops it again, beside busy and broken neighbours.
 """
 
 from __future__ import annotations
@@ -90,16 +89,21 @@ async def test_dashboard_follows_load_and_unload(
             re.compile(r"^\d+ %$"), timeout=UI_TIMEOUT_MS
         )
         await broken
+        # A failed start waits for its next try.
         await expect(vision.locator('[data-field="state"]')).to_have_text(
-            "failed", timeout=UI_TIMEOUT_MS
+            "backoff", timeout=UI_TIMEOUT_MS
         )
+        await expect(vision.locator('[data-field="start"]')).to_have_text(
+            re.compile(r"^retry in \d+\.\d s$")
+        )
+        await expect(vision.locator('button[data-action="load"]')).to_be_enabled()
         await expect(page.locator('tr[data-error-for="vision-11b"]')).to_contain_text(
             "exited with code 1"
         )
         await expect(page.locator('[data-gpu] [data-field="used"]')).to_have_text(
             ["8 / 24 GB placed", "18 / 24 GB placed"]
         )
-        await screenshot(page, "dashboard.png")
+        await screenshot(page, "dashboard-live.png")
 
         await row.locator('button[data-action="unload"]').click()
         await expect(state).to_have_text("stopped", timeout=UI_TIMEOUT_MS)
