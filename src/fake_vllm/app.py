@@ -2,63 +2,44 @@
 
 The server runs with handler cancellation on, so a client that goes away
 cancels its handler at once: generation stops there and is counted as a
-disconnect, like vLLM aborting the request.
+disconnect, like vLLM aborting the request. A generation request that finds
+the engine asleep is held until the wake (streams get their headers first),
+as vLLM holds it; its model name is checked before, as vLLM's API server does.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, replace
 from typing import Any
 
 from aiohttp import web
 
-from . import parsing
+from . import dev, parsing
+from .engine import Engine, EngineDead, Generation
+from .lora import Adapters
+from .metrics import metrics
 from .options import Settings
 from .parsing import ApiError, Plan
-from .payloads import Payloads
+from .payloads import DONE, Payloads
+from .state import JSON, STATE, BackendState
 
-
-@dataclass
-class Stats:
-    in_flight: int = 0
-    max_in_flight: int = 0
-    # Generation requests received, whatever their outcome.
-    requests: int = 0
-    # Generation requests the client abandoned before the answer was complete.
-    disconnects: int = 0
-    # Generation requests answered in full with 200.
-    completed: int = 0
-
-
-@dataclass
-class BackendState:
-    settings: Settings
-    payloads: Payloads
-    stats: Stats = field(default_factory=Stats)
-    # Lifetime count for --crash-after; /fake/reset_stats leaves it alone.
-    generations_seen: int = 0
-    finished: dict[str, int] = field(default_factory=lambda: {"stop": 0, "length": 0})
-    last_request: dict[str, Any] | None = None
-    health_hung: bool = False
-    worker_pid: int | None = None
-
-
-STATE = web.AppKey("state", BackendState)
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8"}
-JSON = "application/json"
+# What vLLM answers to requests held when it is stopped while asleep.
+ENGINE_DEAD = ApiError(
+    "EngineCore encountered an issue. See stack trace (above) for the root cause.",
+    500,
+    "InternalServerError",
+)
+GARBLED_VOICE = "garbled-"
 
 
 def _error(exc: ApiError) -> web.Response:
     return web.Response(status=exc.status, body=exc.body(), content_type=JSON)
-
-
-async def _forever() -> None:
-    """Wait until cancelled (the client leaving, or shutdown)."""
-    await asyncio.get_running_loop().create_future()
 
 
 def _crash(state: BackendState) -> None:
@@ -95,9 +76,84 @@ def _authorized(request: web.Request, settings: Settings) -> bool:
 UNAUTHORIZED = b'{"error":"Unauthorized"}'
 
 
+def _adapter_name(body: dict[str, Any], state: BackendState) -> str:
+    """The loaded adapter a request names, "" for the base; 404 for anything else."""
+    model = body.get("model")
+    if model is None or model in state.settings.served_model_names:
+        return ""
+    if isinstance(model, str) and state.adapters.get(model) is not None:
+        return model
+    raise ApiError(f"The model `{model}` does not exist.", 404, "NotFoundError", param="model")
+
+
+def _plan(body: dict[str, Any], chat: bool, state: BackendState) -> Plan:
+    fake = parsing.parse_overrides(body)
+    if fake.status is not None:
+        raise ApiError(f"Fake error: status {fake.status} was requested", fake.status)
+    adapter = _adapter_name(body, state)
+    prompt = parsing.chat_prompt_tokens(body) if chat else parsing.completion_prompt_tokens(body)
+    plan = parsing.plan_generation(body, chat, prompt, fake, state.settings)
+    return replace(plan, model=adapter) if adapter else plan
+
+
+def _voiced(plan: Plan, state: BackendState) -> Plan:
+    """Set the text's voice once the engine runs: a wake may have garbled it meanwhile."""
+    if state.engine.garbled:
+        return replace(plan, voice=GARBLED_VOICE)
+    adapter = state.adapters.get(plan.model) if plan.model else None
+    return plan if adapter is None else replace(plan, voice=adapter.voice + "-")
+
+
+async def _hold(state: BackendState) -> bool:
+    """Wait while the engine sleeps; False when the server stopped meanwhile."""
+    try:
+        await state.engine.hold()
+    except EngineDead:
+        return False
+    except asyncio.CancelledError:
+        state.stats.disconnects += 1
+        raise
+    return True
+
+
+async def _thawed(state: BackendState) -> bool:
+    """Wait while a sleep with mode=keep freezes a running request; False if it died."""
+    try:
+        await state.engine.hold(count=False)
+    except EngineDead:
+        return False
+    return True
+
+
+@contextmanager
+def _running(state: BackendState, plan: Plan) -> Iterator[Generation]:
+    stats = state.stats
+    generation = Generation()
+    stats.in_flight += 1
+    stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+    state.engine.running.add(generation)
+    if plan.model:
+        state.adapters.running[plan.model] += 1
+    try:
+        yield generation
+    except asyncio.CancelledError:
+        stats.disconnects += 1
+        raise
+    finally:
+        stats.in_flight -= 1
+        state.engine.running.discard(generation)
+        if plan.model:
+            state.adapters.running[plan.model] -= 1
+
+
+def _finish(state: BackendState, reason: str, complete: bool) -> None:
+    state.finished[reason] = state.finished.get(reason, 0) + 1
+    if complete:
+        state.stats.completed += 1
+
+
 async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
     state = request.app[STATE]
-    stats = state.stats
     try:
         body = await _read_body(request, state)
     except ApiError as exc:
@@ -105,50 +161,46 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
     if not _authorized(request, state.settings):
         return web.Response(status=401, body=UNAUTHORIZED, content_type=JSON)
     state.generations_seen += 1
-    stats.requests += 1
-    stats.in_flight += 1
-    stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+    state.stats.requests += 1
     crash = state.settings.crash_after == state.generations_seen
     try:
-        try:
-            plan = _plan(body, chat, state.settings)
-        except ApiError as exc:
-            if crash:
-                _crash(state)
-            return _error(exc)
-        if plan.stream:
-            return await _stream(request, state, plan, chat, crash)
+        plan = _plan(body, chat, state)
+    except ApiError as exc:
+        if crash:
+            _crash(state)
+        return _error(exc)
+    if plan.stream:
+        return await _stream(request, state, plan, chat, crash)
+    if not await _hold(state):
+        return _error(ENGINE_DEAD)
+    plan = _voiced(plan, state)
+    with _running(state, plan) as generation:
         if crash:
             _crash(state)
         if plan.stall_after is not None:
-            await _forever()
-        if plan.token_delay > 0 and plan.tokens > 0:
-            await asyncio.sleep(plan.token_delay * plan.tokens)
+            await generation.pause(None)
+        elif plan.token_delay > 0 and plan.tokens > 0:
+            await generation.pause(plan.token_delay * plan.tokens)
+        # A sleep with mode=keep freezes the request until the wake.
+        if not generation.aborted and not await _thawed(state):
+            return _error(ENGINE_DEAD)
+        if generation.aborted:
+            plan = replace(plan, tokens=0, finish_reason="abort")
         payloads = state.payloads
         answer = payloads.chat_body(plan) if chat else payloads.completion_body(plan)
-        stats.completed += 1
-        state.finished[plan.finish_reason] += 1
+        _finish(state, plan.finish_reason, not generation.aborted)
         return web.Response(body=answer, content_type=JSON)
-    except asyncio.CancelledError:
-        stats.disconnects += 1
-        raise
-    finally:
-        stats.in_flight -= 1
 
 
-def _plan(body: dict[str, Any], chat: bool, settings: Settings) -> Plan:
-    fake = parsing.parse_overrides(body)
-    if fake.status is not None:
-        raise ApiError(f"Fake error: status {fake.status} was requested", fake.status)
-    parsing.check_model(body, settings)
-    prompt = parsing.chat_prompt_tokens(body) if chat else parsing.completion_prompt_tokens(body)
-    return parsing.plan_generation(body, chat, prompt, fake, settings)
+def _dead_event() -> bytes:
+    return b"data: " + ENGINE_DEAD.body() + b"\n\n" + DONE
 
 
 async def _stream(
     request: web.Request, state: BackendState, plan: Plan, chat: bool, crash: bool
 ) -> web.StreamResponse:
     payloads = state.payloads
+    engine = state.engine
     # A crash comes after a couple of events, but always before the stream is complete.
     crash_at = min(2, payloads.stream_event_count(plan, chat) - 1) if crash else -1
     stall_at = -1 if plan.stall_after is None else plan.stall_after
@@ -156,22 +208,36 @@ async def _stream(
     response = web.StreamResponse(headers=SSE_HEADERS)
     try:
         await response.prepare(request)
-        for sent, event in enumerate(payloads.stream_events(plan, chat)):
-            if sent == stall_at:
-                await _forever()
-            if sent == crash_at:
-                _crash(state)
-            if event.is_token:
-                # Sleeping 0 still yields, so a long undelayed stream neither starves
-                # other connections nor misses its client going away.
-                await asyncio.sleep(delay)
-            await response.write(event.data)
-        await response.write_eof()
+        if not await _hold(state):
+            await response.write(_dead_event())
+            await response.write_eof()
+            return response
+        plan = _voiced(plan, state)
+        with _running(state, plan) as generation:
+            for sent, event in enumerate(payloads.stream_events(plan, chat)):
+                if sent == stall_at:
+                    await generation.pause(None)
+                if sent == crash_at:
+                    _crash(state)
+                if event.is_token:
+                    # Sleeping 0 still yields, so a long undelayed stream neither starves
+                    # other connections nor misses its client going away.
+                    await asyncio.sleep(delay)
+                if not engine.is_open and not generation.aborted and not await _thawed(state):
+                    await response.write(_dead_event())
+                    await response.write_eof()
+                    return response
+                if generation.aborted:
+                    await response.write(payloads.abort_events(plan, chat))
+                    await response.write_eof()
+                    _finish(state, "abort", complete=False)
+                    return response
+                await response.write(event.data)
+            await response.write_eof()
     except ConnectionError:
         state.stats.disconnects += 1
         return response
-    state.stats.completed += 1
-    state.finished[plan.finish_reason] += 1
+    _finish(state, plan.finish_reason, complete=True)
     return response
 
 
@@ -192,11 +258,16 @@ async def embeddings(request: web.Request) -> web.Response:
         fake = parsing.parse_overrides(body)
         if fake.status is not None:
             raise ApiError(f"Fake error: status {fake.status} was requested", fake.status)
-        parsing.check_model(body, state.settings)
+        _adapter_name(body, state)
         texts, tokens = parsing.embedding_inputs(body)
     except ApiError as exc:
         return _error(exc)
     return web.Response(body=state.payloads.embeddings_body(texts, tokens), content_type=JSON)
+
+
+async def _forever() -> None:
+    """Wait until cancelled (the client leaving, or shutdown)."""
+    await asyncio.get_running_loop().create_future()
 
 
 async def health(request: web.Request) -> web.Response:
@@ -209,55 +280,28 @@ async def models(request: web.Request) -> web.Response:
     state = request.app[STATE]
     if not _authorized(request, state.settings):
         return web.Response(status=401, body=UNAUTHORIZED, content_type=JSON)
-    return web.Response(body=state.payloads.models_body, content_type=JSON)
+    if not state.adapters.loaded:
+        return web.Response(body=state.payloads.models_body, content_type=JSON)
+    body = state.payloads.models_with(state.adapters.cards())
+    return web.Response(body=body, content_type=JSON)
 
 
 async def version(request: web.Request) -> web.Response:
     return web.json_response({"version": "0.0.0+fake"})
 
 
-def _gauge(name: str, help_text: str, labels: str, value: float) -> str:
-    return f"# HELP {name} {help_text}\n# TYPE {name} gauge\n{name}{{{labels}}} {value!r}\n"
-
-
-async def metrics(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    labels = f'engine="0",model_name={json.dumps(state.settings.model_name)}'
-    running = float(state.stats.in_flight)
-    # The fake has no KV cache: usage grows with concurrency, full at 256 requests.
-    usage = min(1.0, running / 256)
-    text = (
-        _gauge(
-            "vllm:num_requests_running",
-            "Number of requests in model execution batches.",
-            labels,
-            running,
-        )
-        + _gauge(
-            "vllm:num_requests_waiting", "Number of requests waiting to be processed.", labels, 0.0
-        )
-        + _gauge(
-            "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", labels, usage
-        )
-        + "# HELP vllm:request_success_total Count of successfully processed requests.\n"
-        + "# TYPE vllm:request_success_total counter\n"
-        + "".join(
-            f'vllm:request_success_total{{{labels},finished_reason="{reason}"}} {float(n)!r}\n'
-            for reason, n in sorted(state.finished.items())
-        )
-    )
-    return web.Response(
-        text=text,
-        content_type="text/plain",
-        charset="utf-8",
-        headers={"X-Prometheus-Format": "0.0.4"},
-    )
-
-
 async def fake_stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
     stats: dict[str, Any] = asdict(state.stats)
-    stats.update(pid=os.getpid(), worker_pid=state.worker_pid)
+    engine = state.engine
+    stats.update(
+        pid=os.getpid(),
+        worker_pid=state.worker_pid,
+        held=engine.held,
+        is_sleeping=engine.is_sleeping,
+        sleeps=engine.sleeps,
+        full_wakes=engine.full_wakes,
+    )
     return web.json_response(stats)
 
 
@@ -279,12 +323,20 @@ async def fake_reset_stats(request: web.Request) -> web.Response:
     return web.json_response(asdict(stats))
 
 
+async def _release_held(app: web.Application) -> None:
+    app[STATE].engine.shut_down()
+
+
 def build_app(settings: Settings) -> web.Application:
     # vLLM takes large bodies; the fake must not be the one refusing them.
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[STATE] = BackendState(
-        settings, Payloads(settings.served_model_names, settings.max_model_len)
+        settings,
+        Payloads(settings.served_model_names, settings.max_model_len),
+        Engine(settings),
+        Adapters(settings),
     )
+    app.on_shutdown.append(_release_held)
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/version", version)
@@ -292,6 +344,7 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
+    dev.add_routes(app.router, settings)
     app.router.add_get("/fake/stats", fake_stats)
     app.router.add_get("/fake/last_request", fake_last_request)
     app.router.add_post("/fake/hang", fake_hang)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 OOM_LINE = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+# vLLM accepts only these LoRA ranks.
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+FailMode = Literal["silent", "error"]
+FAIL_MODES: tuple[FailMode, ...] = ("silent", "error")
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,18 @@ class Settings:
     access_log: bool
     api_key: str | None
     gpu_memory_utilization: float
+    # Environment switches, read once at start as vLLM reads them.
+    dev_mode: bool = False
+    runtime_lora: bool = False
+    sleep_delay: float = 0.0
+    wake_delay: float = 0.0
+    fail_sleep: FailMode | None = None
+    fail_wake: FailMode | None = None
+    # After this many full wakes the answers are garbled; None: never.
+    garbage_after_wakes: int | None = None
+    enable_lora: bool = False
+    max_loras: int = 1
+    max_lora_rank: int = 16
 
     @property
     def model_name(self) -> str:
@@ -118,11 +135,87 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-worker", action="store_true", help="do not start the idle worker child process"
     )
     fake.add_argument("--access-log", action="store_true", help="log every request to stdout")
+    _add_sleep_options(parser)
+    _add_lora_options(parser)
     return parser
 
 
-def parse_settings(argv: Sequence[str]) -> Settings:
-    """Parse ``argv``; argparse exits with status 2 and a usage message on bad input."""
+def _add_sleep_options(parser: argparse.ArgumentParser) -> None:
+    sleep = parser.add_argument_group(
+        "sleep mode (the endpoints exist only with VLLM_SERVER_DEV_MODE=1)"
+    )
+    sleep.add_argument(
+        "--enable-sleep-mode", action="store_true", help="accepted; the endpoints need only the env"
+    )
+    sleep.add_argument(
+        "--sleep-delay",
+        type=_number(float, 0.0),
+        default=0.0,
+        metavar="S",
+        help="seconds a /sleep takes once the engine is paused (default 0)",
+    )
+    sleep.add_argument(
+        "--wake-delay",
+        type=_number(float, 0.0),
+        default=0.0,
+        metavar="S",
+        help="seconds a wake takes, paid by the first /wake_up after a sleep (default 0)",
+    )
+    sleep.add_argument(
+        "--fail-sleep",
+        choices=FAIL_MODES,
+        help="silent: /sleep answers 200 and nothing changes; error: /sleep answers 500",
+    )
+    sleep.add_argument(
+        "--fail-wake",
+        choices=FAIL_MODES,
+        help="silent: /wake_up answers 200 and nothing changes; error: /wake_up answers 500",
+    )
+    sleep.add_argument(
+        "--garbage-after-wakes",
+        type=_number(int, 1),
+        metavar="N",
+        help="from the Nth full wake on, every answer is garbled text",
+    )
+
+
+def _add_lora_options(parser: argparse.ArgumentParser) -> None:
+    lora = parser.add_argument_group(
+        "LoRA (the endpoints exist only with VLLM_ALLOW_RUNTIME_LORA_UPDATING=1|true)"
+    )
+    lora.add_argument("--enable-lora", action="store_true", help="allow adapters to load")
+    lora.add_argument(
+        "--max-loras",
+        type=_number(int, 1),
+        default=1,
+        metavar="N",
+        help="adapters in one batch; like vLLM, it does not limit loads (default 1)",
+    )
+    lora.add_argument(
+        "--max-lora-rank",
+        type=int,
+        choices=LORA_RANKS,
+        default=16,
+        metavar="R",
+        help=f"highest adapter rank that loads, one of {', '.join(map(str, LORA_RANKS))} "
+        "(default 16)",
+    )
+
+
+def dev_mode_from_env(environ: Mapping[str, str]) -> bool:
+    """``VLLM_SERVER_DEV_MODE`` as vLLM reads it: ``int()``, so ``true`` raises ValueError."""
+    return bool(int(environ.get("VLLM_SERVER_DEV_MODE", "0")))
+
+
+def runtime_lora_from_env(environ: Mapping[str, str]) -> bool:
+    return environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "0").strip().lower() in ("1", "true")
+
+
+def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Settings:
+    """Parse ``argv``; argparse exits with status 2 and a usage message on bad input.
+
+    Raises ValueError for a ``VLLM_SERVER_DEV_MODE`` that is not an integer."""
+    env = {} if environ is None else environ
     parser = build_parser()
     args = parser.parse_args(list(argv))
     names: list[str] = args.served_model_name or [args.model]
@@ -142,4 +235,16 @@ def parse_settings(argv: Sequence[str]) -> Settings:
         access_log=bool(args.access_log),
         api_key=args.api_key,
         gpu_memory_utilization=float(args.gpu_memory_utilization),
+        dev_mode=dev_mode_from_env(env),
+        runtime_lora=runtime_lora_from_env(env),
+        sleep_delay=float(args.sleep_delay),
+        wake_delay=float(args.wake_delay),
+        fail_sleep=args.fail_sleep,
+        fail_wake=args.fail_wake,
+        garbage_after_wakes=(
+            None if args.garbage_after_wakes is None else int(args.garbage_after_wakes)
+        ),
+        enable_lora=bool(args.enable_lora),
+        max_loras=int(args.max_loras),
+        max_lora_rank=int(args.max_lora_rank),
     )

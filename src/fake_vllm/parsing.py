@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from .options import Settings
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "abort"]
 
 
 class ApiError(Exception):
@@ -39,6 +39,12 @@ class ApiError(Exception):
             "code": self.status,
         }
         return json.dumps({"error": error}).encode()
+
+
+def validation_error(loc: str, kind: str, msg: str, value: object) -> ApiError:
+    """A 400 in the shape FastAPI's request validation gives inside vLLM."""
+    detail = {"type": kind, "loc": loc, "msg": msg, "input": value}
+    return ApiError(f"1 validation error: {detail!r}", 400, "Bad Request", param=loc)
 
 
 def error_type(status: int) -> str:
@@ -73,6 +79,10 @@ class Plan:
     finish_reason: FinishReason
     token_delay: float
     stall_after: int | None
+    # The adapter answering, else empty: the base model answers.
+    model: str = ""
+    # Set in every token's text: an adapter's tag, or the mark of a garbled engine.
+    voice: str = ""
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -83,14 +93,6 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError("The request body must be a JSON object.")
     return body
-
-
-def check_model(body: dict[str, Any], settings: Settings) -> None:
-    model = body.get("model")
-    if model is None:
-        return
-    if model not in settings.served_model_names:
-        raise ApiError(f"The model `{model}` does not exist.", 404, "NotFoundError", param="model")
 
 
 def _int_field(where: str, value: object, minimum: int) -> int:

@@ -20,8 +20,9 @@ DONE = b"data: [DONE]\n\n"
 EMBEDDING_DIM = 8
 
 
-def token_text(index: int) -> str:
-    return f" tok{index}"
+def token_text(index: int, voice: str = "") -> str:
+    """The text of one token; ``voice`` sets an adapter's or a garbled engine's apart."""
+    return f" {voice}tok{index}"
 
 
 def _dumps(value: object) -> bytes:
@@ -50,32 +51,35 @@ class Payloads:
         self.model_name = names[0]
         self._model_json = json.dumps(self.model_name)
         created = int(time.time())
-        self.models_body = _dumps(
+        self._cards: list[dict[str, object]] = [
             {
-                "object": "list",
-                "data": [
-                    {
-                        "id": name,
-                        "object": "model",
-                        "created": created,
-                        "owned_by": "vllm",
-                        "root": name,
-                        "parent": None,
-                        "max_model_len": max_model_len,
-                    }
-                    for name in names
-                ],
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "vllm",
+                "root": name,
+                "parent": None,
+                "max_model_len": max_model_len,
             }
-        )
+            for name in names
+        ]
+        self.models_body = self.models_with([])
+
+    def models_with(self, adapters: list[dict[str, object]]) -> bytes:
+        """The ``/v1/models`` body: the base's names, then the loaded adapters."""
+        return _dumps({"object": "list", "data": [*self._cards, *adapters]})
+
+    def _model(self, plan: Plan) -> str:
+        return plan.model or self.model_name
 
     def chat_body(self, plan: Plan) -> bytes:
-        text = "".join(token_text(i) for i in range(plan.tokens))
+        text = "".join(token_text(i, plan.voice) for i in range(plan.tokens))
         return _dumps(
             {
                 "id": f"chatcmpl-{uuid.uuid4().hex}",
                 "object": "chat.completion",
                 "created": int(time.time()),
-                "model": self.model_name,
+                "model": self._model(plan),
                 "choices": [
                     {
                         "index": 0,
@@ -92,13 +96,13 @@ class Payloads:
         )
 
     def completion_body(self, plan: Plan) -> bytes:
-        text = "".join(token_text(i) for i in range(plan.tokens))
+        text = "".join(token_text(i, plan.voice) for i in range(plan.tokens))
         return _dumps(
             {
                 "id": f"cmpl-{uuid.uuid4().hex}",
                 "object": "text_completion",
                 "created": int(time.time()),
-                "model": self.model_name,
+                "model": self._model(plan),
                 "choices": [
                     {
                         "index": 0,
@@ -114,14 +118,27 @@ class Payloads:
             }
         )
 
-    def stream_events(self, plan: Plan, chat: bool) -> Iterator[Event]:
-        """Every SSE event of a stream, ``data: [DONE]`` last."""
+    def _stream_head(self, plan: Plan, chat: bool) -> str:
         kind = "chat.completion.chunk" if chat else "text_completion"
         rid = f"chatcmpl-{uuid.uuid4().hex}" if chat else f"cmpl-{uuid.uuid4().hex}"
-        head = (
+        model = json.dumps(plan.model) if plan.model else self._model_json
+        return (
             f'data: {{"id":"{rid}","object":"{kind}","created":{int(time.time())},'
-            f'"model":{self._model_json},"choices":['
+            f'"model":{model},"choices":['
         )
+
+    def abort_events(self, plan: Plan, chat: bool) -> bytes:
+        """The end of a stream that a sleep aborted: an empty last chunk, then [DONE]."""
+        head = self._stream_head(plan, chat)
+        body = '"delta":{"content":""}' if chat else '"text":""'
+        return (
+            f'{head}{{"index":0,{body},"logprobs":null,"finish_reason":"abort",'
+            f'"stop_reason":null}}]}}\n\n'
+        ).encode() + DONE
+
+    def stream_events(self, plan: Plan, chat: bool) -> Iterator[Event]:
+        """Every SSE event of a stream, ``data: [DONE]`` last."""
+        head = self._stream_head(plan, chat)
         if chat:
             yield Event(
                 f'{head}{{"index":0,"delta":{{"role":"assistant","content":""}},'
@@ -134,8 +151,8 @@ class Payloads:
         middle = f'{close_text},"finish_reason":null}}]}}\n\n'
         last = plan.tokens - 1
         for i in range(last):
-            yield Event(f"{head}{open_text}{token_text(i)}{middle}".encode(), True)
-        text = token_text(last) if last >= 0 else ""
+            yield Event(f"{head}{open_text}{token_text(i, plan.voice)}{middle}".encode(), True)
+        text = token_text(last, plan.voice) if last >= 0 else ""
         yield Event(
             f'{head}{open_text}{text}{close_text},"finish_reason":"{plan.finish_reason}",'
             f'"stop_reason":null}}]}}\n\n'.encode(),

@@ -18,8 +18,9 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from .app import STATE, build_app
+from .app import build_app
 from .options import Settings, parse_settings
+from .state import STATE
 from .worker import spawn_worker
 
 WORKER_STOP_GRACE_S = 2.0
@@ -50,6 +51,20 @@ def _log_loading(settings: Settings) -> None:
         f"Initializing a V1 LLM engine (fake) with config: model={settings.model_name!r}",
     )
     _log("gpu_model_runner.py:2302", "Loading model from scratch...")
+    if settings.dev_mode:
+        _log(
+            "api_server.py:1012",
+            "SECURITY WARNING: Development endpoints are enabled! "
+            "This should NOT be used in production!",
+            level="WARNING",
+        )
+    if settings.runtime_lora:
+        _log(
+            "api_server.py:1020",
+            "LoRA dynamic loading & unloading is enabled in the API server. "
+            "This should ONLY be used for local development!",
+            level="WARNING",
+        )
 
 
 def _print_failure(last_line: str) -> None:
@@ -169,5 +184,15 @@ async def _serve(settings: Settings) -> int:
 
 
 def main(argv: Sequence[str]) -> int:
-    settings = parse_settings(argv)
+    try:
+        settings = parse_settings(argv, os.environ)
+    except ValueError as exc:
+        # vLLM reads VLLM_SERVER_DEV_MODE with int() at start and dies of its ValueError.
+        sys.stderr.write(
+            "Traceback (most recent call last):\n"
+            '  File "vllm/envs.py", line 1032, in <lambda>\n'
+            '    "VLLM_SERVER_DEV_MODE": lambda: bool(int(os.getenv("VLLM_SERVER_DEV_MODE", "0"))),\n'
+            f"ValueError: {exc}\n"
+        )
+        return 1
     return asyncio.run(_serve(settings))
