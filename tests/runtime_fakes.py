@@ -15,7 +15,9 @@ from vllm_gateway.launchers.fake import FakeLauncher
 from vllm_gateway.metrics import Metrics
 from vllm_gateway.runtime.clock import Clock, SystemClock
 from vllm_gateway.runtime.costs import LoadCosts
+from vllm_gateway.runtime.lora_api import LoraError
 from vllm_gateway.runtime.manager import Manager
+from vllm_gateway.runtime.monitor import Monitor
 from vllm_gateway.runtime.sleep_api import SleepError
 from vllm_gateway.runtime.transitions import Services
 
@@ -56,19 +58,47 @@ class FakeSleep:
         return self.answers.get(base_url, "Paris")
 
 
+@dataclass
+class FakeLora:
+    """vLLM's runtime LoRA endpoints as the runtime sees them, per server URL."""
+
+    loaded: dict[str, list[str]] = field(default_factory=dict)
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    bad: set[str] = field(default_factory=set)  # adapter names whose load fails
+    gate: asyncio.Event | None = None
+
+    async def load(self, base_url: str, name: str, path: str) -> None:
+        self.calls.append(("load", name))
+        if self.gate is not None:
+            await self.gate.wait()
+        if name in self.bad:
+            raise LoraError(f"Loading lora {name} failed: No adapter found for {path}")
+        self.loaded.setdefault(base_url, []).append(name)
+
+    async def unload(self, base_url: str, name: str) -> None:
+        self.calls.append(("unload", name))
+        self.loaded.get(base_url, []).remove(name)
+
+
 def make_manager(models: dict[str, float], gpus: list[float] | None = None,
                  auto_healthy: bool = True, clock: Clock | None = None,
                  sleeper: FakeSleep | None = None, host_gb: float = 1000.0,
-                 max_loaded: int | None = None, **kw: Any) -> tuple[Manager, FakeLauncher]:
+                 max_loaded: int | None = None, lora: FakeLora | None = None, **kw: Any) -> tuple[Manager, FakeLauncher]:
     launcher = FakeLauncher(auto_healthy)
     config = GatewayConfig(
         models={n: ModelConfig(name=n, command=("x",), vram_gb=v, **kw) for n, v in models.items()},
         max_loaded_models=max_loaded)
     svc = Services(config=config, launchers={"subprocess": launcher}, events=EventLog(),
                    metrics=Metrics(), probe=launcher.probe, gpus_reader=NullGpuReader(),
-                   sleep=sleeper or FakeSleep(), clock=clock or SystemClock(), costs=LoadCosts())
+                   sleep=sleeper or FakeSleep(), lora=lora or FakeLora(), clock=clock or SystemClock(), costs=LoadCosts())
     gpu_list = [planner.Gpu(i, t) for i, t in enumerate(gpus or [])]
-    return Manager(svc, gpu_list, host_gb), launcher
+    manager = Manager(svc, gpu_list, host_gb)
+    Monitor(manager, _no_scrape)  # watches launched servers; its loops are not started here
+    return manager, launcher
+
+
+async def _no_scrape(base_url: str, name: str) -> None:
+    return None
 
 
 async def settle(manager: Manager) -> None:

@@ -33,6 +33,7 @@ from .metrics import Metrics
 from .proxy import Proxy
 from .runtime.clock import Clock, SystemClock
 from .runtime.costs import LoadCosts
+from .runtime.lora_api import HttpLoraControl
 from .runtime.manager import Manager
 from .runtime.monitor import Monitor
 from .runtime.sleep_api import HttpSleepControl, SleepControl
@@ -156,6 +157,7 @@ class Gateway:
             config=self.config, launchers=launchers, events=self.events, metrics=self.metrics,
             probe=self.probe, gpus_reader=self.gpus_reader,
             sleep=self._sleep_override or HttpSleepControl(self.probe_session),
+            lora=HttpLoraControl(self.probe_session),
             clock=self.clock,
             costs=LoadCosts(self.state_dir / f"load-costs-{self.config.server.port}.json"))
         self._manager = Manager(svc, gpus, self._host_total_gb())

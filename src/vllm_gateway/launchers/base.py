@@ -35,6 +35,8 @@ class LaunchSpec:
             "name": self.model.name,
             "gpu_ids": ",".join(str(g) for g in self.gpu_ids),
             "gpu_memory_utilization": f"{self.gpu_memory_utilization:.2f}",
+            "max_loras": str(self.model.max_adapters),
+            "max_lora_rank": str(self.model.max_lora_rank),
         }
 
 

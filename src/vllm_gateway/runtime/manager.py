@@ -16,15 +16,16 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 from .. import planner
 from ..admission import QueueFull
+from ..config import AdapterConfig
 from ..errors import BackendTimeout, BackendUnavailable, GatewayError, ModelNotFound
 from ..events import EventKind, StopReason
-from ..handles import ServerHandle
 from ..lifecycle import DOWN, State
+from .adapters import Adapters
 from .claims import Claims
 from .instance import Changes, Instance
 from .transitions import Services, Transitions
@@ -53,7 +54,6 @@ class Manager:
         self.closing = False
         self.instances: dict[str, Instance] = {}
         self.transitions = Transitions(svc, self.used_gb, self._released)
-        self.transitions.watch = self._watch
         self.claims = Claims(self)
         self._leases: set[asyncio.Task[object]] = set()
         for cfg in svc.config.models.values():
@@ -62,6 +62,9 @@ class Manager:
                 inst.life.move(State.STOPPED, State.STARTING)
                 inst.life.move(State.STARTING, State.READY)
             self.instances[cfg.name] = inst
+        # LoRA adapters loaded into each base that serves some.
+        self.adapters = {name: Adapters(inst, svc.lora, svc.clock)
+                         for name, inst in self.instances.items() if inst.cfg.adapters}
 
     # -- lookup ---------------------------------------------------------------------------
 
@@ -72,12 +75,22 @@ class Manager:
                                 f"GET /v1/models lists the models it serves")
         return self.instances[cfg.name]
 
+    def resolve_target(self, name_or_alias: str) -> tuple[Instance, AdapterConfig | None]:
+        """The model a request names, or the base and the adapter when it names an adapter."""
+        if self.config.lookup(name_or_alias) is None:
+            for base in self.adapters:
+                for adapter in self.instances[base].cfg.adapters.values():
+                    if name_or_alias == adapter.name or name_or_alias in adapter.aliases:
+                        return self.instances[base], adapter
+        return self.resolve(name_or_alias), None
+
     # -- the way in -----------------------------------------------------------------------
 
     @asynccontextmanager
-    async def lease(self, inst: Instance, progress: Progress | None = None
-                    ) -> AsyncIterator[Lease]:
-        """Queue, start or wake if needed, take a slot. QueueFull is the caller's 429."""
+    async def lease(self, inst: Instance, progress: Progress | None = None,
+                    adapter: AdapterConfig | None = None) -> AsyncIterator[Lease]:
+        """Queue, start or wake if needed (and load the adapter), take a slot. QueueFull is
+        the caller's 429. An adapter's requests count against its base's limits."""
         task = asyncio.current_task()
         if task is not None:
             self._leases.add(task)
@@ -87,12 +100,16 @@ class Manager:
                 await self.ensure_ready(inst, progress)
                 inst.committed += 1
                 try:
-                    await ticket.activate()
-                    base_url = inst.base_url
-                    if base_url is None or not inst.serving():
-                        raise BackendUnavailable(f"model {inst.name} stopped before the request "
-                                                 "could be sent; try again")
-                    yield Lease(inst, base_url)
+                    async with AsyncExitStack() as stack:
+                        if adapter is not None:
+                            await stack.enter_async_context(
+                                self.adapters[inst.name].using(adapter))
+                        await ticket.activate()
+                        base_url = inst.base_url
+                        if base_url is None or not inst.serving():
+                            raise BackendUnavailable(f"model {inst.name} stopped before the "
+                                                     "request could be sent; try again")
+                        yield Lease(inst, base_url)
                 finally:
                     inst.committed -= 1
                     inst.touch(self.svc.clock.now(), self.svc.clock.wall())
@@ -286,42 +303,7 @@ class Manager:
         if task is not None:
             await asyncio.shield(task)
 
-    # -- what the monitor reports ---------------------------------------------------------
-
-    def _watch(self, inst: Instance, handle: ServerHandle) -> None:
-        inst.watcher = asyncio.create_task(self._watch_exit(inst, handle))
-
-    async def _watch_exit(self, inst: Instance, handle: ServerHandle) -> None:
-        """Notice a server that dies while it runs (ready, draining, asleep, waking)."""
-        code = await handle.wait_exit()
-        state = inst.state
-        if inst.handle is not handle or state not in (State.READY, State.DRAINING,
-                                                      State.SLEEPING, State.WAKING):
-            return  # stopped on purpose, or a start that failed (the start reports it)
-        if not inst.life.move(state, State.FAILED):
-            return
-        lines = inst.last_lines(20)
-        inst.last_error = f"exited with code {code} while {state.value}"
-        self.svc.metrics.failures.labels(inst.name).inc()
-        self.svc.events.add(inst.name, EventKind.CRASHED,
-                            f"exit code {code} while {state.value}; last output:\n"
-                            + "\n".join(lines))
-        inst.transition = asyncio.create_task(self.transitions.release(inst))
-
-    def kill_hung(self, inst: Instance, probes: int) -> None:
-        """A server that stopped answering is killed at once, not drained: its in-flight
-        requests end with an error, and the next request starts it again."""
-        state = inst.state
-        if state not in (State.READY, State.DRAINING) or not inst.life.move(state, State.FAILED):
-            return
-        inst.last_error = f"stopped answering its health checks ({probes} in a row)"
-        self.svc.metrics.failures.labels(inst.name).inc()
-        self.svc.metrics.evictions.labels(inst.name, StopReason.UNHEALTHY.value).inc()
-        self.svc.events.add(inst.name, EventKind.UNHEALTHY,
-                            f"{probes} health checks failed in a row: killing it; the next "
-                            "request starts it again")
-        previous = inst.transition
-        inst.transition = asyncio.create_task(self.transitions.stop(inst, previous, 0.0))
+    # -- what the monitor ticks ------------------------------------------------------------
 
     def reap(self) -> list[str]:
         """Idle models sleep or stop, long sleepers stop (one synchronous step)."""

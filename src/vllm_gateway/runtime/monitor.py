@@ -1,8 +1,10 @@
-"""The runtime's periodic duties: health checks, idle stops, and fresh driver readings.
+"""The runtime's watch over running servers: exits, hangs, idle time, driver readings.
 
-A hung backend (process alive, health checks failing) is reported to the
-manager, which kills it; vLLM's own gauges are read beside each check; the
-reaper tick lets idle models sleep or stop. The monitor decides nothing itself.
+A server that exits while it runs (ready, draining, asleep, waking) is marked
+failed with its cause and cleaned up; one that hangs (process alive, health
+checks failing) is killed at once, not drained, since a hung server never
+finishes its requests. vLLM's own gauges are read beside each health check; the
+reaper tick asks the manager to let idle models sleep or stop.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from ..events import EventKind
+from ..handles import ServerHandle
 from ..lifecycle import State
 from .instance import Instance
 from .manager import Manager
@@ -28,6 +32,7 @@ class Monitor:
         self.manager = manager
         self.scrape = scrape
         self._tasks: list[asyncio.Task[None]] = []
+        manager.transitions.watch = self.watch
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._reap_loop()),
@@ -78,4 +83,38 @@ class Monitor:
         inst.failed_probes += 1
         if inst.failed_probes >= faults.unhealthy_probes:
             probes, inst.failed_probes = inst.failed_probes, 0
-            self.manager.kill_hung(inst, probes)
+            self.kill_hung(inst, probes)
+
+    def watch(self, inst: Instance, handle: ServerHandle) -> None:
+        # Kept on the instance: the loop holds tasks only weakly.
+        inst.watcher = asyncio.create_task(self._watch_exit(inst, handle))
+
+    async def _watch_exit(self, inst: Instance, handle: ServerHandle) -> None:
+        """Notice a server that dies while it runs, with or without traffic."""
+        code = await handle.wait_exit()
+        state = inst.state
+        if inst.handle is not handle or state not in (State.READY, State.DRAINING,
+                                                      State.SLEEPING, State.WAKING):
+            return  # stopped on purpose, or a start that failed (the start reports it)
+        if not inst.life.move(state, State.FAILED):
+            return
+        svc = self.manager.svc
+        inst.last_error = f"exited with code {code} while {state.value}"
+        svc.metrics.failures.labels(inst.name).inc()
+        svc.events.add(inst.name, EventKind.CRASHED, f"exit code {code} while {state.value}; "
+                       "last output:\n" + "\n".join(inst.last_lines(20)))
+        inst.transition = asyncio.create_task(self.manager.transitions.release(inst))
+
+    def kill_hung(self, inst: Instance, probes: int) -> None:
+        """Its in-flight requests end with an error; the next request starts it again."""
+        state = inst.state
+        if state not in (State.READY, State.DRAINING) or not inst.life.move(state, State.FAILED):
+            return
+        svc = self.manager.svc
+        inst.last_error = f"stopped answering its health checks ({probes} in a row)"
+        svc.metrics.failures.labels(inst.name).inc()
+        svc.events.add(inst.name, EventKind.UNHEALTHY,
+                       f"{probes} health checks failed in a row: killing it; the next request "
+                       "starts it again")
+        previous = inst.transition
+        inst.transition = asyncio.create_task(self.manager.transitions.stop(inst, previous, 0.0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..lifecycle import RUNNING, State
@@ -41,7 +42,8 @@ def model_status(manager: Manager, inst: Instance) -> dict[str, Any]:
         "expected_load_s": round(expected, 2) if expected is not None else None,
         "error": inst.last_error,
         "failed_starts": inst.failed_starts,
-        "retry_in_s": round(max(inst.retry_at - now, 0.0), 1)
+        # Rounded up: 0 only once a request would really be tried again.
+        "retry_in_s": math.ceil(max(inst.retry_at - now, 0.0) * 10) / 10
         if inst.retry_at is not None and inst.state is State.BACKOFF else None,
         "sleep": cfg.sleep or None,
         "sleep_level": inst.sleep_level if inst.state is State.SLEEPING else None,
@@ -49,6 +51,8 @@ def model_status(manager: Manager, inst: Instance) -> dict[str, Any]:
         if inst.asleep_since is not None and inst.state is State.SLEEPING else None,
         "last_wake_s": inst.last_wake_s,
         "wake_check_failures": inst.wake_check_failures,
+        "adapters": manager.adapters[inst.name].status() if inst.name in manager.adapters
+        else None,
         # vLLM's own gauges are stale once the server is gone.
         "backend": inst.backend_metrics if inst.state in (State.READY, State.SLEEPING) else None,
     }

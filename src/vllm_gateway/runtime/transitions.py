@@ -27,6 +27,7 @@ from ..metrics import Metrics
 from .clock import Clock
 from .costs import LoadCosts
 from .instance import Instance
+from .lora_api import LoraControl
 from .sleep_api import SleepControl, SleepError
 
 log = logging.getLogger("vllm_gateway.runtime")
@@ -53,6 +54,7 @@ class Services:
     probe: Probe
     gpus_reader: GpuReader
     sleep: SleepControl
+    lora: LoraControl
     clock: Clock
     costs: LoadCosts
 
@@ -112,7 +114,11 @@ class Transitions:
         launcher = svc.launchers.get(inst.cfg.launcher)
         if launcher is None:
             raise LaunchError(f"launcher {inst.cfg.launcher!r} is not available in this gateway")
-        env = {"VLLM_SERVER_DEV_MODE": "1"} if inst.cfg.sleep else {}
+        env = {}
+        if inst.cfg.sleep:
+            env["VLLM_SERVER_DEV_MODE"] = "1"  # vLLM reads it with int(): "true" makes it exit
+        if inst.cfg.adapters:
+            env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         for attempt in range(PORT_ATTEMPTS):
             # The port is free when picked but another process may take it before the server
             # binds it; that is the gateway's race, not the model's failure, so pick again.
