@@ -390,14 +390,14 @@ def test_check_config_main(tmp_path: Path) -> None:
     assert (code, message) == (0, "OK: 1 model (b)")
     path.write_text("models:\n  a: {command: x, vram_gb: 0}\n  b: {comand: x}\n")
     code, message = check_config_main(str(path), {})
-    assert code == 1
+    assert code == 2
     assert message.splitlines() == [
         "models.a.vram_gb: must be > 0, got 0",
         "models.b: unknown key 'comand' (did you mean 'command'?)",
         f"models.b: {NEEDS_A_WAY}",
     ]
     assert check_config_main(str(tmp_path / "none.yaml"), {}) == (
-        1,
+        2,
         f"{tmp_path / 'none.yaml'}: no such file",
     )
 
@@ -410,7 +410,7 @@ def test_example_config_loads() -> None:
     assert config.gpus == "auto" and config.auth is not None
     assert config.models["llama-8b"].idle_timeout_s == 600
     code, message = check_config_main(str(EXAMPLE), {})
-    assert code == 1 and message.splitlines() == [
+    assert code == 2 and message.splitlines() == [
         "ALICE_KEY: is not set (named by auth.keys[0].key_env)",
         "BOB_KEY: is not set (named by auth.keys[1].key_env)",
     ]

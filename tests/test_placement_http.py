@@ -141,7 +141,7 @@ def test_model_too_large_is_refused_by_check_config(tmp_path) -> None:
     from vllm_gateway.cli import main
     path = tmp_path / "big.yaml"
     path.write_text("gpus: [{id: 0, vram_gb: 40}]\nmodels:\n  big: {command: x, vram_gb: 80}\n")
-    assert main(["check-config", str(path)]) != 0
+    assert main(["check-config", str(path)]) == 2
 
 
 def test_idle_shutdown_stops_the_process(gateway) -> None:

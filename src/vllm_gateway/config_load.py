@@ -324,11 +324,11 @@ def _container_prefix(problems: Problems, top: Section, env: EnvSettings) -> str
 
 
 def check_config_main(path: str, env: Mapping[str, str]) -> tuple[int, str]:
-    """``vllm-gateway check-config FILE``: exit code 0 and a summary, or 1 and the errors."""
+    """``vllm-gateway check-config FILE``: exit code 0 and a summary, or 2 and the errors."""
     try:
         config = load_config(path, env)
     except ConfigError as error:
-        return 1, str(error)
+        return 2, str(error)
     count = len(config.models)
     names = ", ".join(config.models)
     lines = [f"OK: {count} model{'s' if count != 1 else ''} ({names})"]
