@@ -7,6 +7,7 @@ import os
 import signal
 import textwrap
 import threading
+import time
 
 import httpx
 import psutil
@@ -175,3 +176,40 @@ def test_shutdown_drains_then_cancels(gateway) -> None:
     # The endless stream was cut at the deadline with a clear error.
     assert "shut down" in results["endless"]
     assert gw.proc.wait(30) == 0
+
+
+def test_hung_backend_under_load_fails_its_requests_and_restarts(gateway) -> None:
+    """A wedged server never finishes its requests: they end with an error within the health
+    timeout (not whenever the server would have finished), and the model comes back."""
+    gw = gateway({"hangs": {"command": fake_command("--token-delay", "0.05")}},
+                 faults=FAST_FAULTS)
+    assert httpx.post(gw.url + "/v1/chat/completions", json=chat("hangs"), timeout=30).status_code == 200
+    before = gw.model("hangs")
+    outcomes: list[str] = []
+
+    def stream() -> None:
+        body = {**chat("hangs"), "stream": True, "max_tokens": 2000}
+        try:
+            with httpx.stream("POST", gw.url + "/v1/chat/completions", json=body,
+                              timeout=30) as r:
+                text = "".join(r.iter_text())
+                outcomes.append("complete" if "[DONE]" in text else f"cut: {text[-200:]}")
+        except httpx.HTTPError as exc:
+            outcomes.append(f"error: {exc!r}")
+
+    clients = [threading.Thread(target=stream) for _ in range(3)]
+    for client in clients:
+        client.start()
+    wait_until(lambda: gw.model("hangs")["in_flight"] == 3, 10, what="three streams in flight")
+    started = time.monotonic()
+    httpx.post(f"http://127.0.0.1:{before['port']}/fake/hang", timeout=5)
+    for client in clients:
+        client.join(30)
+    took = time.monotonic() - started
+    assert len(outcomes) == 3 and not any(o == "complete" for o in outcomes), outcomes
+    # Two failed probes 0.3 s apart, then the kill; the streams would have run for 100 s.
+    assert took < 10, f"the in-flight requests took {took:.1f} s to end"
+    assert gw.model("hangs")["in_flight"] == 0
+    r = httpx.post(gw.url + "/v1/chat/completions", json=chat("hangs"), timeout=30)
+    assert r.status_code == 200
+    assert gw.model("hangs")["pid"] != before["pid"]

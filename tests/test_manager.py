@@ -11,7 +11,8 @@ from runtime_fakes import make_manager, settle, wait_for
 from vllm_gateway.errors import BackendUnavailable
 from vllm_gateway.launchers.fake import FakeLauncher
 from vllm_gateway.lifecycle import State
-from vllm_gateway.runtime.manager import Manager
+from vllm_gateway.runtime.clock import ManualClock
+from vllm_gateway.runtime.manager import PROGRESS_EVERY_S, Manager
 
 
 def make(models: dict[str, float], gpus: list[float] | None = None, auto_healthy: bool = True,
@@ -140,3 +141,32 @@ async def test_a_port_taken_before_the_server_binds_it_is_picked_again() -> None
     await asyncio.wait_for(waiter, 5)
     assert inst.state is State.READY and inst.failed_starts == 0
     assert len(launcher.handles) == 2
+
+
+async def test_a_slow_progress_write_while_the_model_becomes_ready_still_gets_its_slot() -> None:
+    """The loading comment goes to a slow client; meanwhile the model becomes ready. The request
+    must act on what is true after the write (ready: take a slot), not on what it read before
+    (stopped or starting: claim it again)."""
+    clock = ManualClock()
+    manager, launcher = make({"m": 10}, gpus=[40], auto_healthy=False, clock=clock)
+    inst = manager.instances["m"]
+    writing, written = asyncio.Event(), asyncio.Event()
+
+    async def progress(elapsed: float, expected: float | None) -> None:
+        writing.set()
+        await written.wait()
+
+    async def request() -> str:
+        async with manager.lease(inst, progress) as lease:
+            return lease.base_url
+
+    task = asyncio.create_task(request())
+    await wait_for(lambda: launcher.by_name("m"))
+    clock.advance(PROGRESS_EVERY_S + 0.5)
+    await asyncio.wait_for(writing.wait(), 10)
+    launcher.by_name("m")[0].healthy = True
+    await wait_for(lambda: inst.state is State.READY)
+    written.set()
+    assert await asyncio.wait_for(task, 10) == inst.base_url
+    assert inst.state is State.READY and len(launcher.handles) == 1
+    assert inst.limiter.in_flight == 0 and inst.limiter.queued == 0

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import dev, parsing
+from . import dev, parsing, request_log
 from .engine import Engine, EngineDead, Generation
 from .lora import Adapters
 from .metrics import metrics
@@ -55,7 +55,11 @@ def _crash(state: BackendState) -> None:
 
 async def _read_body(request: web.Request, state: BackendState) -> dict[str, Any]:
     raw = await request.read()
-    record: dict[str, Any] = {"path": request.path, "headers": dict(request.headers)}
+    record: dict[str, Any] = {
+        "path": request.path,
+        "headers": dict(request.headers),
+        "raw": raw.decode("utf-8", "replace"),
+    }
     try:
         body = parsing.parse_body(raw)
     except ApiError:
@@ -311,7 +315,9 @@ async def fake_last_request(request: web.Request) -> web.Response:
 
 
 async def fake_hang(request: web.Request) -> web.Response:
-    request.app[STATE].health_hung = True
+    state = request.app[STATE]
+    state.health_hung = True
+    state.engine.hang()
     return web.json_response({"health": "hung"})
 
 
@@ -349,4 +355,5 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/fake/last_request", fake_last_request)
     app.router.add_post("/fake/hang", fake_hang)
     app.router.add_post("/fake/reset_stats", fake_reset_stats)
+    request_log.install(app)
     return app

@@ -111,6 +111,11 @@ class Engine:
         if self._dead:
             raise EngineDead
 
+    def hang(self) -> None:
+        """Stop producing tokens (a test hook): running and new generations wait, as in a
+        wedged engine, until the server is stopped."""
+        self._open.clear()
+
     def shut_down(self) -> None:
         """Release every held request with an error, as vLLM does on SIGTERM."""
         self._dead = True
