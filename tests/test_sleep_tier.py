@@ -182,3 +182,25 @@ async def test_a_model_with_sleep_off_is_stopped_as_before() -> None:
     manager, _ = make_manager({"a": 30, "b": 30}, gpus=[40], sleeper=sleep)
     await ready(manager, "a", "b")
     assert manager.instances["a"].state is State.STOPPED and sleep.calls == []
+
+
+async def test_a_sleepers_own_sleep_gauge_is_read_into_status() -> None:
+    from vllm_gateway.runtime.monitor import Monitor
+    from vllm_gateway.runtime.status import model_status
+
+    asleep_level = {"engine_sleep_level": 1.0}
+
+    async def scrape(base_url: str, name: str) -> dict[str, float] | None:
+        return asleep_level
+
+    manager, _ = make_manager({"m": 20}, gpus=[40], sleep=1, sleep_vram_gb=2)
+    monitor = Monitor(manager, scrape)
+    inst = manager.instances["m"]
+    await ready(manager, "m")
+    await manager.sleep(inst)
+    await monitor.read_asleep(inst)
+    shown = model_status(manager, inst)
+    assert shown["state"] == "sleeping" and shown["backend"] == {"engine_sleep_level": 1.0}
+    # Once it is stopped the server's gauges are stale and no longer shown.
+    await manager.unload(inst)
+    assert model_status(manager, inst)["backend"] is None

@@ -14,12 +14,26 @@ WANTED = {
 }
 
 
+# vllm:engine_sleep_state has one series per state, 1 for the one the engine is in.
+SLEEP_STATE = "vllm:engine_sleep_state"
+SLEEP_LEVELS = {"awake": 0.0, "weights_offloaded": 1.0, "discard_all": 2.0}
+
+
 def parse_vllm_metrics(text: str) -> dict[str, float]:
-    """Sum each wanted gauge over engines; unknown or malformed lines are skipped."""
+    """Sum each wanted gauge over engines; unknown or malformed lines are skipped.
+
+    ``engine_sleep_level`` (0 awake, 1 weights offloaded, 2 all discarded) is the deepest
+    level any engine reports, present only where the server exports its sleep state."""
     found: dict[str, float] = {}
     try:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
+                if sample.name == SLEEP_STATE:
+                    level = SLEEP_LEVELS.get(sample.labels.get("sleep_state", ""))
+                    if level is not None and float(sample.value) >= 1:
+                        found["engine_sleep_level"] = max(found.get("engine_sleep_level", 0.0),
+                                                          level)
+                    continue
                 key = WANTED.get(sample.name)
                 if key is not None:
                     found[key] = found.get(key, 0.0) + float(sample.value)

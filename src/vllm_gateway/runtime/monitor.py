@@ -64,7 +64,19 @@ class Monitor:
             await asyncio.sleep(faults.health_interval_s)
             checks = [self.check(inst) for inst in self.manager.instances.values()
                       if inst.state is State.READY and inst.cfg.managed]
-            await asyncio.gather(*checks, return_exceptions=True)
+            reads = [self.read_asleep(inst) for inst in self.manager.instances.values()
+                     if inst.state is State.SLEEPING]
+            await asyncio.gather(*checks, *reads, return_exceptions=True)
+
+    async def read_asleep(self, inst: Instance) -> None:
+        """vLLM's own gauges of a sleeper (its engine_sleep_state among them); no health probe:
+        a sleeping server answers /health like an awake one, and its exit is watched anyway."""
+        base = inst.base_url
+        if base is None:
+            return
+        found = await self.scrape(base, inst.name)
+        if inst.state is State.SLEEPING and inst.base_url == base:
+            inst.backend_metrics = found
 
     async def check(self, inst: Instance) -> None:
         base = inst.base_url
