@@ -50,7 +50,7 @@ KEY_PATH_CASES = [
     ("defaults: {idle_timeout_s: -1}\n" + MINIMAL, "defaults.idle_timeout_s: must be >= 0"),
     (
         "defaults: {launcher: podman}\n" + MINIMAL,
-        "defaults.launcher: expected 'subprocess' or 'docker', got 'podman'",
+        "defaults.launcher: expected 'subprocess', 'docker' or 'ray', got 'podman'",
     ),
     (model_yaml("{command: x, gpu_count: 0}"), "models.m.gpu_count: must be >= 1, got 0"),
     (

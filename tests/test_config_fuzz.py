@@ -21,7 +21,9 @@ KEYS = [
     "command", "url", "launcher", "image", "args", "volumes", "shm_size", "ipc", "network",
     "container_port", "vram_gb", "gpu_count", "aliases", "env", "health_path", "pinned",
     "max_concurrent", "max_queue", "idle_timeout_s", "keys", "name", "key_env", "key_file", "key",
-    "id", "backoff", "delay_s", "m", "auto", "*",
+    "id", "backoff", "delay_s", "m", "auto", "*", "sleep", "sleep_vram_gb", "replicas", "min",
+    "max", "gpu_ids", "node", "default", "adapters", "path", "max_lora_rank", "vram_gb_estimate",
+    "host_memory_gb", "ray", "address", "namespace", "off", "ray://h:1",
 ]  # fmt: skip
 SCALARS = st.one_of(
     st.none(),

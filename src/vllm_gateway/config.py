@@ -171,13 +171,34 @@ class GatewayConfig:
     # Host RAM level-1 sleepers may hold in all; "auto": total RAM minus 10 %, read at start.
     host_memory_gb: float | Literal["auto"] = "auto"
     ray: RayConfig = field(default_factory=RayConfig)
+    # The one alias index, built from models: every name a request may use, to what it names.
+    _names: Mapping[str, ModelConfig] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+    _adapters: Mapping[str, tuple[ModelConfig, AdapterConfig]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        names: dict[str, ModelConfig] = {}
+        adapters: dict[str, tuple[ModelConfig, AdapterConfig]] = {}
+        for key, model in self.models.items():
+            names.setdefault(key, model)
+        for model in self.models.values():
+            for alias in model.aliases:
+                names.setdefault(alias, model)
+        for model in self.models.values():
+            for adapter in model.adapters.values():
+                for name in (adapter.name, *adapter.aliases):
+                    if name not in names:
+                        adapters.setdefault(name, (model, adapter))
+        object.__setattr__(self, "_names", names)
+        object.__setattr__(self, "_adapters", adapters)
 
     def lookup(self, name_or_alias: str) -> ModelConfig | None:
         """The model a request names, by its name or one of its aliases."""
-        found = self.models.get(name_or_alias)
-        if found is not None:
-            return found
-        for model in self.models.values():
-            if name_or_alias in model.aliases:
-                return model
-        return None
+        return self._names.get(name_or_alias)
+
+    def lookup_adapter(self, name_or_alias: str) -> tuple[ModelConfig, AdapterConfig] | None:
+        """The base model and the adapter a request names, by the adapter's name or alias."""
+        return self._adapters.get(name_or_alias)

@@ -14,13 +14,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Final, Literal, TypeVar
+from urllib.parse import urlsplit
 
-from .config import FaultConfig, GatewayConfig, GpuSpec, ModelConfig, RetryConfig, ServerConfig
+from .config import (
+    FaultConfig,
+    GatewayConfig,
+    GpuSpec,
+    ModelConfig,
+    RayConfig,
+    RetryConfig,
+    ServerConfig,
+)
 from .config_auth import read_auth, resolve_base_dir
+from .config_checks import check_defaults, check_fit, check_names, check_ray
 from .config_env import EnvSettings, read_container_prefix, read_env, read_log_level
-from .config_models import ModelDefaults, check_aliases, check_fit, read_defaults, read_models
+from .config_models import read_defaults, read_models
 from .config_values import Problems, Section, describe, read_int, read_number, read_str
 from .config_yaml import parse_yaml
 
@@ -38,6 +47,8 @@ TOP_KEYS: Final = (
     "log_level",
     "log_format",
     "container_prefix",
+    "host_memory_gb",
+    "ray",
 )
 SERVER_KEYS: Final = ("host", "port", "shutdown_timeout_s", "max_body_mb")
 RETRY_KEYS: Final = ("max_retries", "delay_s", "backoff")
@@ -50,6 +61,7 @@ FAULT_KEYS: Final = (
     "stop_grace_s",
 )
 GPU_KEYS: Final = ("id", "vram_gb")
+RAY_KEYS: Final = ("address", "namespace", "gpu_vram_gb")
 LOG_FORMATS: Final = ("text", "json")
 
 T = TypeVar("T")
@@ -132,12 +144,14 @@ def _build(
 ) -> GatewayConfig:
     top = Section(problems, "", raw, TOP_KEYS)
     settings = read_env(env, problems)
-    defaults = _model_defaults(problems, top, settings)
-    all_models = read_models(problems, top.raw("models"), defaults)
-    check_aliases(problems, all_models)
+    inherited = read_defaults(problems, top.raw("defaults"), settings)
+    read = read_models(problems, top.raw("models"), inherited)
+    all_models = read.models
+    check_names(problems, read)
     gpus = _gpus(problems, top.raw("gpus"), settings)
-    if isinstance(gpus, tuple):
-        check_fit(problems, all_models, gpus)
+    check_fit(problems, read, gpus)
+    check_ray(problems, read, gpus)
+    check_defaults(problems, read)
     models = _allowed(problems, all_models, settings.allowed_models)
     max_loaded = _pick(
         settings.max_loaded_models, top.get_optional_int("max_loaded_models", minimum=1)
@@ -158,6 +172,8 @@ def _build(
         log_format=_log_format(problems, top, log_format),
         container_prefix=_container_prefix(problems, top, settings),
         state_dir=top.get_optional_str("state_dir"),
+        host_memory_gb=_host_memory(problems, top),
+        ray=_ray(problems, top.raw("ray")),
     )
 
 
@@ -173,17 +189,6 @@ def _check_pinned_fit(
 
 def _pick(override: T | None, fallback: T) -> T:
     return fallback if override is None else override
-
-
-def _model_defaults(problems: Problems, top: Section, env: EnvSettings) -> ModelDefaults:
-    from_file = read_defaults(problems, top.raw("defaults"))
-    return replace(
-        from_file,
-        max_concurrent=_pick(env.max_concurrent, from_file.max_concurrent),
-        max_queue=_pick(env.max_queue, from_file.max_queue),
-        idle_timeout_s=_pick(env.idle_timeout_s, from_file.idle_timeout_s),
-        request_timeout_s=_pick(env.request_timeout_s, from_file.request_timeout_s),
-    )
 
 
 def _server(problems: Problems, raw: object, host: str | None, port: int | None) -> ServerConfig:
@@ -207,20 +212,20 @@ def _server(problems: Problems, raw: object, host: str | None, port: int | None)
 
 def _gpus(
     problems: Problems, raw: object, env: EnvSettings
-) -> tuple[GpuSpec, ...] | Literal["auto"] | None:
+) -> tuple[GpuSpec, ...] | Literal["auto", "ray"] | None:
     # The file wins over TOTAL_GPU_VRAM: the variable is a shortcut for a
     # single-GPU machine without a gpus list, not an override of one.
     if raw is None:
         if env.total_gpu_vram_gb is not None:
             return (GpuSpec(id=0, vram_gb=env.total_gpu_vram_gb),)
         return None
-    if raw == "auto":
-        return "auto"
+    if raw == "auto" or raw == "ray":
+        return raw
     if not isinstance(raw, list) or not raw:
         problems.add(
             "gpus",
-            f"expected auto or a list like [{{id: 0, vram_gb: 80}}] (leave gpus out for no "
-            f"GPU accounting), got {describe(raw)}",
+            f"expected auto or a list like [{{id: 0, vram_gb: 80}}] or ray (a Ray cluster's GPUs; "
+            f"leave gpus out for no GPU accounting), got {describe(raw)}",
         )
         return None
     gpus: list[GpuSpec] = []
@@ -246,14 +251,59 @@ def _gpus(
     return tuple(gpus)
 
 
+def _host_memory(problems: Problems, top: Section) -> float | Literal["auto"]:
+    base = GatewayConfig().host_memory_gb
+    raw = top.raw("host_memory_gb")
+    if not top.has("host_memory_gb") or raw == "auto":
+        return base
+    if isinstance(raw, str):
+        problems.add("host_memory_gb", f"expected auto or a number > 0, got {describe(raw)}")
+        return base
+    found = read_number(problems, "host_memory_gb", raw, minimum=0, exclusive=True)
+    return base if found is None else found
+
+
+def _ray(problems: Problems, raw: object) -> RayConfig:
+    sec = Section(problems, "ray", raw, RAY_KEYS)
+    base = RayConfig()
+    address = sec.get_str("address", base.address, no_whitespace=True)
+    if address != "auto" and not _is_ray_url(address):
+        problems.add(sec.at("address"), f"expected auto or ray://host:port, got {describe(address)}")
+        address = base.address
+    vram = sec.raw("gpu_vram_gb")
+    return RayConfig(
+        address=address,
+        namespace=sec.get_str("namespace", base.namespace, no_whitespace=True),
+        gpu_vram_gb=None if vram is None else read_number(
+            problems, sec.at("gpu_vram_gb"), vram, minimum=0, exclusive=True),
+    )
+
+
+def _is_ray_url(text: str) -> bool:
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return False
+    return (parts.scheme == "ray" and bool(parts.hostname) and port is not None
+            and 1 <= port <= 65535 and parts.path in ("", "/") and not parts.query
+            and not parts.fragment and "@" not in parts.netloc)
+
+
 def _allowed(
     problems: Problems, models: dict[str, ModelConfig], allowed: tuple[str, ...] | None
 ) -> dict[str, ModelConfig]:
     if allowed is None:
         return models
     aliases = {alias: model.name for model in models.values() for alias in model.aliases}
+    adapters = {name: model.name for model in models.values() for name in model.adapters}
     for name in allowed:
-        if name in aliases:
+        if name in adapters:
+            problems.add(
+                "ALLOWED_MODELS",
+                f"{name!r} is an adapter; list its base model {adapters[name]!r} instead",
+            )
+        elif name in aliases:
             problems.add(
                 "ALLOWED_MODELS",
                 f"{name!r} is an alias; list the model name {aliases[name]!r} instead",

@@ -17,7 +17,9 @@ from typing import Final
 
 # What a command line or docker argument may refer to; the launcher fills
 # them in with str.format, so literal braces are written {{ and }}.
-PLACEHOLDERS: Final = ("port", "name", "gpu_ids", "gpu_memory_utilization")
+PLACEHOLDERS: Final = (
+    "port", "name", "gpu_ids", "gpu_memory_utilization", "max_loras", "max_lora_rank"
+)
 
 
 class Problems:
@@ -27,7 +29,10 @@ class Problems:
         self.errors: list[str] = []
 
     def add(self, where: str, message: str) -> None:
-        self.errors.append(f"{where}: {message}")
+        # A value inherited from defaults is checked once per model that uses it.
+        line = f"{where}: {message}"
+        if line not in self.errors:
+            self.errors.append(line)
 
 
 def join(path: str, key: object) -> str:

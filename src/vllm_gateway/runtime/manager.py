@@ -77,11 +77,9 @@ class Manager:
 
     def resolve_target(self, name_or_alias: str) -> tuple[Instance, AdapterConfig | None]:
         """The model a request names, or the base and the adapter when it names an adapter."""
-        if self.config.lookup(name_or_alias) is None:
-            for base in self.adapters:
-                for adapter in self.instances[base].cfg.adapters.values():
-                    if name_or_alias == adapter.name or name_or_alias in adapter.aliases:
-                        return self.instances[base], adapter
+        found = self.config.lookup_adapter(name_or_alias)
+        if found is not None and found[0].name in self.instances:
+            return self.instances[found[0].name], found[1]
         return self.resolve(name_or_alias), None
 
     # -- the way in -----------------------------------------------------------------------
