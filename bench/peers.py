@@ -171,6 +171,24 @@ class Nginx:
         return Endpoint(self.name, f"http://{LOOPBACK}:{port}", version, child)
 
 
+class Bare:
+    """The least aiohttp server-plus-client proxy (bench/bare.py): the floor of the gateway's stack."""
+
+    name = "bare"
+
+    def missing(self, repo_root: Path) -> str | None:
+        return None
+
+    def start(self, ctx: Context) -> Endpoint:
+        port = free_port()
+        argv = [sys.executable, "-m", "bench.bare", "--host", LOOPBACK, "--port", str(port)]
+        argv += ["--upstream", f"http://{LOOPBACK}:{ctx.upstream_port}"]
+        child = ctx.procs.spawn(self.name, argv, cpus=ctx.proxy_cpus, cwd=ctx.repo_root)
+        base = f"http://{LOOPBACK}:{port}"
+        _http_ready(f"{base}/health", child, READY_TIMEOUT_S)
+        return Endpoint(self.name, base, f"aiohttp {importlib.metadata.version('aiohttp')}", child)
+
+
 def gateway_path() -> str | None:
     beside_python = Path(sys.executable).with_name("vllm-gateway")
     return str(beside_python) if beside_python.exists() else shutil.which("vllm-gateway")
@@ -285,4 +303,6 @@ class LiteLLM:
         return Endpoint(self.name, base, version, child, headers)
 
 
-PEERS: dict[str, Peer] = {peer.name: peer for peer in (Direct(), Nginx(), Gateway(), LiteLLM())}
+PEERS: dict[str, Peer] = {
+    peer.name: peer for peer in (Direct(), Nginx(), Bare(), Gateway(), LiteLLM())
+}

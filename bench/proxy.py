@@ -1,13 +1,15 @@
 """Proxy benchmark: direct, nginx, vllm-gateway and the LiteLLM proxy in front of one upstream.
 
-    python -m bench.proxy                      # the full run, about three minutes
+    python -m bench.proxy                      # the full run, about four minutes
     python -m bench.proxy --smoke              # everything in seconds, for CI
     python -m bench.proxy --only direct,gateway
 
 One fake upstream (``python -m fake_vllm``) runs for the whole
 benchmark; each peer is started in front of it in turn, checked to answer as
 direct does, loaded, measured and stopped. It prints one table and the
-targets, and writes every figure as JSON under bench/results/.
+targets, and writes every figure as JSON under bench/results/. The smoke run fails when
+the gateway's CPU per request, as a ratio to the bare proxy's, rose above twice the one
+recorded (bench/guard.py).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from . import report
+from . import guard, report
 from .machine import machine_info, tool_versions
 from .peers import PEERS
 from .placement import available_cpus, plan
@@ -129,6 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report.render_table(results))
     print()
     print(report.render_targets(targets))
+    kind = guard.machine_kind(machine)
+    peers = report.as_json(results)
+    verdict = guard.decide(guard.cpu_ratio(peers), guard.recorded(settings.out_dir, kind), kind)
+    print(verdict.text)
     document: dict[str, object] = {
         "benchmark": "proxy",
         "started": started,
@@ -137,12 +143,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine,
         "placement": placement.as_json(),
         "versions": {**tool_versions(), **{n: r.version for n, r in results.items() if r.version}},
-        "peers": report.as_json(results),
+        "peers": peers,
         "targets": targets,
+        "guard": verdict.as_json(),
     }
     path = write_json(document, settings.out_dir, settings.smoke)
     print(f"\n[bench] {elapsed_s:.0f} s; wrote {path}")
-    return 1 if any(result.status == "failed" for result in results.values()) else 0
+    if any(result.status == "failed" for result in results.values()):
+        return 1
+    # The smoke run (CI) is where the guard fails a build; a full run only reports it.
+    return 1 if settings.smoke and not verdict.ok else 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Figures, their ratios to direct and to LiteLLM, the targets, the table and the JSON.
+"""Figures, their ratios to direct, bare and LiteLLM, the targets, the table and the JSON.
 
 Everything here is pure: it takes the figures measured for each peer and turns
 them into text and a JSON-ready dict, so it is tested without running anything.
@@ -12,7 +12,7 @@ from typing import Literal
 
 Figures = dict[str, float | None]
 Verdict = Literal["PASS", "FAIL", "n/a"]
-PEER_ORDER = ("direct", "nginx", "gateway", "litellm")
+PEER_ORDER = ("direct", "nginx", "bare", "gateway", "litellm")
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,16 @@ def _ratio_at_least(
     return check
 
 
+def _ratio_at_most(
+    key: str, reference: str, maximum: float
+) -> Callable[..., tuple[float | None, bool | None]]:
+    def check(figs: Mapping[str, Figures]) -> tuple[float | None, bool | None]:
+        value = ratio(_fig(figs, "gateway", key), _fig(figs, reference, key))
+        return value, None if value is None else value <= maximum
+
+    return check
+
+
 TARGETS = (
     Target(
         "cpu_per_request",
@@ -134,6 +144,11 @@ TARGETS = (
         "rps_vs_nginx",
         "gateway req/s at 64 conc >= 0.5x nginx",
         _ratio_at_least("rps_c64", "nginx", 0.5),
+    ),
+    Target(
+        "p99_vs_nginx",
+        "gateway p99 at 64 conc <= 2x nginx's",
+        _ratio_at_most("p99_ms_c64", "nginx", 2.0),
     ),
     Target(
         "added_latency",
@@ -188,9 +203,10 @@ def fmt_ratio(value: float | None) -> str:
 
 
 def render_table(results: Mapping[str, PeerResult]) -> str:
-    """One table: each metric on a row, then its ratio to direct and to LiteLLM below it."""
+    """One table: each metric on a row, then its ratios to direct, bare and LiteLLM below it."""
     names = [name for name in PEER_ORDER if name in results]
     to_direct = ratios_to(results, "direct")
+    to_bare = ratios_to(results, "bare")
     to_litellm = ratios_to(results, "litellm")
     width = 12
     lines = [f"{'metric':<36}" + "".join(f"{name:>{width}}" for name in names)]
@@ -200,7 +216,8 @@ def render_table(results: Mapping[str, PeerResult]) -> str:
         if all(value is None for value in values):
             continue
         lines.append(f"{metric.label:<36}" + "".join(f"{fmt_value(v):>{width}}" for v in values))
-        for label, table in (("  vs direct", to_direct), ("  vs litellm", to_litellm)):
+        rows = (("  vs direct", to_direct), ("  vs bare", to_bare), ("  vs litellm", to_litellm))
+        for label, table in rows:
             cells = [fmt_ratio(table[name].get(metric.key)) for name in names]
             if any(cells):
                 lines.append(f"{label:<36}" + "".join(f"{cell:>{width}}" for cell in cells))
@@ -223,6 +240,7 @@ def render_targets(rows: list[dict[str, object]]) -> str:
 
 def as_json(results: Mapping[str, PeerResult]) -> dict[str, object]:
     to_direct = ratios_to(results, "direct")
+    to_bare = ratios_to(results, "bare")
     to_litellm = ratios_to(results, "litellm")
     return {
         name: {
@@ -231,6 +249,7 @@ def as_json(results: Mapping[str, PeerResult]) -> dict[str, object]:
             "version": result.version,
             "figures": result.figures,
             "ratio_to_direct": to_direct[name],
+            "ratio_to_bare": to_bare[name],
             "ratio_to_litellm": to_litellm[name],
             "raw": result.raw,
         }

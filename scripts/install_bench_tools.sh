@@ -5,7 +5,8 @@
 #   - the LiteLLM proxy in its own virtual environment .venv-litellm, pinned by
 #     bench/requirements-litellm.txt, so its many dependencies never touch .venv;
 #   - matplotlib for the trace benchmark's plot, pinned by bench/requirements-trace.txt,
-#     into .venv (bench-only: nothing of the gateway imports it).
+#     into .venv (bench-only: nothing of the gateway imports it);
+#   - py-spy for bench/profile.py, pinned by bench/requirements-profile.txt, into .venv.
 # Idempotent: what is already there is left as it is.
 set -euo pipefail
 
@@ -34,7 +35,11 @@ fi
 if ! .venv/bin/python -c 'import matplotlib' 2>/dev/null; then
     .venv/bin/pip install -q -r bench/requirements-trace.txt
 fi
+if [ ! -x .venv/bin/py-spy ]; then
+    .venv/bin/pip install -q -r bench/requirements-profile.txt
+fi
 echo "nginx: $(/usr/sbin/nginx -v 2>&1 | sed 's/.*nginx\///')"
 echo "wrk: $(wrk -v 2>&1 | head -n1 | awk '{print $2}')"
 echo "litellm: $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("litellm"))')"
 echo "matplotlib: $(.venv/bin/python -c 'import matplotlib; print(matplotlib.__version__)')"
+echo "py-spy: $(.venv/bin/py-spy --version | awk '{print $2}')"

@@ -111,7 +111,7 @@ def test_table_shows_values_and_both_ratios() -> None:
 @pytest.mark.skipif(wrk_path() is None, reason="wrk is not installed")
 def test_smoke_run_checks_answers_and_records_every_figure(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bench.proxy", "--smoke", "--only", "direct,gateway"]
+        [sys.executable, "-m", "bench.proxy", "--smoke", "--only", "direct,bare,gateway"]
         + ["--out", str(tmp_path)],
         cwd=REPO_ROOT,
         capture_output=True,
@@ -131,3 +131,8 @@ def test_smoke_run_checks_answers_and_records_every_figure(tmp_path: Path) -> No
         assert isinstance(gateway["figures"][key], float), key
     assert isinstance(gateway["figures"]["swap_overhead_ms"], float)
     assert gateway["ratio_to_direct"]["rps_c64"] is not None
+    assert document["peers"]["bare"]["status"] == "ok", document["peers"]["bare"]["note"]
+    assert gateway["ratio_to_bare"]["cpu_s_per_1k_req"] is not None
+    # Nothing is recorded in a fresh results folder: the guard says so and passes.
+    assert document["guard"]["ok"] and not document["guard"]["checked"]
+    assert "guard: gateway/bare CPU per request" in done.stdout
