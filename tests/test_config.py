@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from vllm_gateway.config import DockerSpec, GatewayConfig, GpuSpec
-from vllm_gateway.config_load import ConfigError, check_config_main, load_config
+from vllm_gateway.cli import check_config_main
+from vllm_gateway.config import ConfigError, DockerSpec, GatewayConfig, GpuSpec, load_config
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "gateway.yaml"
 

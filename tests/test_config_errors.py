@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from vllm_gateway.config_load import ConfigError, load_config
+from vllm_gateway.config import ConfigError, load_config
 
 MINIMAL = "models:\n  m: {command: 'serve --port {port}'}\n"
 AUTH_BASE = MINIMAL + "auth:\n  keys:\n"
@@ -329,7 +329,7 @@ def test_auth_needs_keys() -> None:
 
 
 def test_more_pinned_models_than_max_loaded_models_is_refused() -> None:
-    from vllm_gateway.config_load import ConfigError, load_config
+    from vllm_gateway.config import ConfigError, load_config
 
     text = ("max_loaded_models: 1\nmodels:\n"
             "  a: {command: x, pinned: true}\n  b: {command: y, pinned: true}\n")

@@ -10,8 +10,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vllm_gateway.config import GatewayConfig
-from vllm_gateway.config_load import ConfigError, load_config
+from vllm_gateway.config import ConfigError, GatewayConfig, load_config
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "gateway.yaml"
 

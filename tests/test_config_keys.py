@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from vllm_gateway.config import GatewayConfig, Replicas
-from vllm_gateway.config_load import ConfigError, check_config_main, load_config
+from vllm_gateway.cli import check_config_main
+from vllm_gateway.config import ConfigError, GatewayConfig, Replicas, load_config
 
 CMD = "'serve --port {port}'"
 

@@ -6,10 +6,10 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
-from .config_load import ConfigError, check_config_main, load_config
+from .config import ConfigError, GatewayConfig, load_config
 from .log_setup import setup_logging
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -99,6 +99,30 @@ def _serve(config_path: str | None, text: str | None, args: argparse.Namespace,
             return 2
         raise
     return 0
+
+
+def check_config_main(path: str, env: Mapping[str, str]) -> tuple[int, str]:
+    """``vllm-gateway check-config FILE``: exit code 0 and a summary, or 2 and the errors."""
+    try:
+        config = load_config(path, env)
+    except ConfigError as error:
+        return 2, str(error)
+    return 0, "\n".join(_summary(config))
+
+
+def _summary(config: GatewayConfig) -> list[str]:
+    count = len(config.models)
+    names = ", ".join(config.models)
+    lines = [f"OK: {count} model{'s' if count != 1 else ''} ({names})"]
+    adapters = [f"{name} on {model.name}" for model in config.models.values()
+                for name in model.adapters]
+    if adapters:
+        lines.append(f"adapters: {', '.join(adapters)}")
+    if config.gpus in ("auto", "ray"):
+        where = "the GPUs" if config.gpus == "auto" else "the Ray cluster's GPUs"
+        lines.append(f"note: gpus: {config.gpus}; model sizes are checked against {where} "
+                     f"at start")
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from vllm_gateway.config import DockerSpec, ModelConfig
+from vllm_gateway.config.sizes import parse_size
 from vllm_gateway.launchers.base import LaunchError, LaunchSpec
 from vllm_gateway.launchers.docker import DockerLauncher
 from vllm_gateway.launchers.docker_config import (
     container_config,
     container_name_pattern,
     explain_start_error,
-    parse_size,
 )
 
 

@@ -12,14 +12,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final, Literal
 
-from .config import AuthConfig, AuthKey, ModelConfig
-from .config_values import Problems, Section, describe, read_str, read_str_list
+from .schema import AuthConfig, AuthKey, NameIndex
+from .values import Problems, Section, describe, read_str, read_str_list
 
 AUTH_KEYS: Final = ("protect_status", "keys")
 # "key" is known so that it gets its own message instead of a did-you-mean.
 KEY_KEYS: Final = ("name", "key_env", "key_file", "models", "admin", "rate_limit_per_min", "key")
 # A key file holds one line; anything bigger is the wrong file (or a device).
 MAX_KEY_FILE_BYTES: Final = 64 * 1024
+_KEY_DEFAULTS: Final = AuthKey(name="", key="")
 
 
 def read_auth(
@@ -27,14 +28,14 @@ def read_auth(
     raw: object,
     env: Mapping[str, str],
     base_dir: Path,
-    models: Mapping[str, ModelConfig],
+    models: NameIndex,
 ) -> AuthConfig | None:
     if raw is None:
         return None
     sec = Section(problems, "auth", raw, AUTH_KEYS)
     if not isinstance(raw, dict):
         return None
-    protect_status = sec.get_bool("protect_status", False)
+    protect_status = sec.get_bool("protect_status", AuthConfig().protect_status)
     entries = sec.raw("keys")
     if not isinstance(entries, list) or not entries:
         problems.add(
@@ -69,7 +70,7 @@ def _read_key(
     raw: object,
     env: Mapping[str, str],
     base_dir: Path,
-    models: Mapping[str, ModelConfig],
+    index: NameIndex,
 ) -> AuthKey | None:
     if not isinstance(raw, dict):
         problems.add(
@@ -81,8 +82,8 @@ def _read_key(
         problems.add(sec.at("key"), "secrets must come from key_env or key_file")
     name = read_str(problems, sec.at("name"), sec.raw("name"), no_whitespace=True)
     secret = _secret(sec, env, base_dir)
-    allowed = _allowed_models(sec, models)
-    admin = sec.get_bool("admin", False)
+    allowed = _allowed_models(sec, index)
+    admin = sec.get_bool("admin", _KEY_DEFAULTS.admin)
     rate = sec.get_optional_int("rate_limit_per_min", minimum=1)
     if name is None or secret is None or allowed is None:
         return None
@@ -139,9 +140,7 @@ def _read_key_file(problems: Problems, where: str, path: Path) -> str | None:
     return text
 
 
-def _allowed_models(
-    sec: Section, models: Mapping[str, ModelConfig]
-) -> tuple[str, ...] | Literal["*"] | None:
+def _allowed_models(sec: Section, index: NameIndex) -> tuple[str, ...] | Literal["*"] | None:
     """Model names a key may use; aliases are turned into the names they stand for."""
     raw = sec.raw("models")
     if not sec.has("models") or raw == "*":
@@ -149,11 +148,11 @@ def _allowed_models(
     listed = read_str_list(sec.problems, sec.at("models"), raw)
     if listed is None:
         return None
-    by_alias = {alias: model.name for model in models.values() for alias in model.aliases}
     names: list[str] = []
     ok = True
     for entry in listed:
-        name = entry if entry in models else by_alias.get(entry)
+        model = index.models.get(entry)
+        name = None if model is None else model.name
         if name is None:
             sec.problems.add(sec.at("models"), f"unknown model {entry!r}")
             ok = False

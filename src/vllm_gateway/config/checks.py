@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from .config import GpuSpec, ModelConfig
-from .config_models import ReadModels
-from .config_values import Problems, fmt_number, join
+from .models import ReadModels
+from .schema import GpuSpec, ModelConfig
+from .values import Problems, fmt_number, join
 
 Gpus = tuple[GpuSpec, ...] | Literal["auto", "ray"] | None
 

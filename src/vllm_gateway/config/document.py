@@ -1,4 +1,4 @@
-"""YAML parsing for configuration files, stricter than ``yaml.safe_load``.
+"""The configuration file: read as UTF-8 text, parsed stricter than ``yaml.safe_load``.
 
 A key written twice in one mapping is an error here: plain PyYAML keeps the
 last one silently, which would merge two models of the same name into one.
@@ -10,6 +10,8 @@ from __future__ import annotations
 import yaml
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node
+
+from .errors import ConfigError
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -64,3 +66,21 @@ def parse_yaml(text: str) -> object:
         raise ValueError(_describe(error)) from None
     except RecursionError:
         raise ValueError("invalid YAML: nested too deeply") from None
+
+
+def read_text(label: str) -> str:
+    """The file's text; a ConfigError naming the file when it cannot be read."""
+    try:
+        with open(label, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise ConfigError([f"{label}: no such file"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{label}: is a directory, not a file"]) from None
+    except (OSError, ValueError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise ConfigError([f"{label}: cannot read ({reason})"]) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError([f"{label}: not UTF-8 text (byte {error.start})"]) from None

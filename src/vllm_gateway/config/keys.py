@@ -8,14 +8,14 @@ key's value is either checked and typed or absent.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 from urllib.parse import urlsplit
 
-from .config import Replicas
-from .config_values import (
+from .schema import LauncherKind, NetworkMode, Replicas
+from .sizes import parse_size
+from .values import (
     Problems,
     Section,
     describe,
@@ -33,12 +33,11 @@ Reader = Callable[[Problems, str, object], object]
 # What a key configures: the model itself, its container, or nothing kept as is.
 Target = Literal["model", "docker"]
 
-LAUNCHERS: Final = ("subprocess", "docker", "ray")
-NETWORKS: Final = ("host", "bridge")
+LAUNCHERS: Final = get_args(LauncherKind)
+NETWORKS: Final = get_args(NetworkMode)
 IPC_MODES: Final = ("host", "private", "shareable", "none")
 # vLLM's --max-lora-rank accepts only these.
 LORA_RANKS: Final = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-_SHM_SIZE_RE: Final = re.compile(r"[0-9]+(\.[0-9]+)? ?[kmgtp]?i?b?", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -151,8 +150,13 @@ def _volumes(problems: Problems, path: str, value: object) -> tuple[str, ...] | 
 def _shm_size(problems: Problems, path: str, value: object) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return str(value)
-    if isinstance(value, str) and _SHM_SIZE_RE.fullmatch(value):
-        return value
+    if isinstance(value, str):
+        try:
+            parse_size(value)
+        except ValueError:
+            pass
+        else:
+            return value
     problems.add(path, f"expected a size like 8g or 512m, got {describe(value)}")
     return None
 

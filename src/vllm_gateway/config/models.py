@@ -18,10 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-from .config import AdapterConfig, DockerSpec, ModelConfig
-from .config_env import EnvSettings
-from .config_model_keys import KEYS, MODEL_KEYS, RawAdapter
-from .config_values import Problems, Section, describe, fmt_number, join
+from .env import EnvSettings
+from .keys import KEYS, MODEL_KEYS, RawAdapter
+from .schema import AdapterConfig, DockerSpec, ModelConfig
+from .values import Problems, Section, describe, fmt_number, join
 
 # Per-model keys that a predecessor's environment variable sets for every model.
 ENV_VARIABLES: Final = {

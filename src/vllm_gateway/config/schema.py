@@ -1,10 +1,9 @@
 """Typed configuration of a gateway.
 
-These frozen dataclasses are the contract every other module reads. They are
-built only by :func:`vllm_gateway.config_load.load_config`, which applies the
-precedence rules (command-line flag > environment variable > the file's
-``defaults`` > built-in default; a model's own setting wins for that model)
-and validates every value with the key path in its error message.
+These frozen dataclasses are the contract every other module reads, and their
+field defaults are the built-in defaults of the file's keys: the loader starts
+from them and never restates one. ``Literal`` types are the one list of each
+choice (the loader's messages and checks are derived from them).
 """
 
 from __future__ import annotations
@@ -14,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 LauncherKind = Literal["subprocess", "docker", "ray"]
+NetworkMode = Literal["host", "bridge"]
+LogFormat = Literal["text", "json"]
 SleepLevel = Literal[0, 1, 2]  # 0: sleep off
 
 
@@ -43,7 +44,7 @@ class DockerSpec:
     shm_size: str | None = None
     ipc: str | None = None
     # "host" (default) or "bridge" (the container port is published on 127.0.0.1:{port}).
-    network: str = "host"
+    network: NetworkMode = "host"
     # Port the server listens on inside the container when network is not host.
     container_port: int = 8000
 
@@ -153,6 +154,33 @@ class RayConfig:
 
 
 @dataclass(frozen=True)
+class NameIndex:
+    """The one alias index (llama-swap's ``RealModelName``): a name to what it names.
+
+    Models, aliases, adapters and adapter aliases share one namespace; the loader
+    refuses a clash, and where one slips through (a config built in code) the
+    first owner keeps the name.
+    """
+
+    models: Mapping[str, ModelConfig]
+    adapters: Mapping[str, tuple[ModelConfig, AdapterConfig]]
+
+    @classmethod
+    def of(cls, models: Mapping[str, ModelConfig]) -> NameIndex:
+        names: dict[str, ModelConfig] = dict(models)
+        for model in models.values():
+            for alias in model.aliases:
+                names.setdefault(alias, model)
+        adapters: dict[str, tuple[ModelConfig, AdapterConfig]] = {}
+        for model in models.values():
+            for adapter in model.adapters.values():
+                for name in (adapter.name, *adapter.aliases):
+                    if name not in names:
+                        adapters.setdefault(name, (model, adapter))
+        return cls(names, adapters)
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     # None: no GPU accounting. "auto": read through NVML at start.
@@ -164,41 +192,23 @@ class GatewayConfig:
     auth: AuthConfig | None = None
     http_pool_size: int | None = None  # GATEWAY_HTTP_POOL_SIZE; None: sum of max_concurrent
     log_level: str = "INFO"  # LOG_LEVEL
-    log_format: Literal["text", "json"] = "text"
+    log_format: LogFormat = "text"
     container_prefix: str = "vllm"  # VLLM_CONTAINER_PREFIX
     # Directory for the state file of started process groups (orphan cleanup).
     state_dir: str | None = None
     # Host RAM level-1 sleepers may hold in all; "auto": total RAM minus 10 %, read at start.
     host_memory_gb: float | Literal["auto"] = "auto"
     ray: RayConfig = field(default_factory=RayConfig)
-    # The one alias index, built from models: every name a request may use, to what it names.
-    _names: Mapping[str, ModelConfig] = field(
-        init=False, repr=False, compare=False, default_factory=dict
-    )
-    _adapters: Mapping[str, tuple[ModelConfig, AdapterConfig]] = field(
-        init=False, repr=False, compare=False, default_factory=dict
-    )
+    # Every name a request may use, to what it names; built once from models.
+    index: NameIndex = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        names: dict[str, ModelConfig] = {}
-        adapters: dict[str, tuple[ModelConfig, AdapterConfig]] = {}
-        for key, model in self.models.items():
-            names.setdefault(key, model)
-        for model in self.models.values():
-            for alias in model.aliases:
-                names.setdefault(alias, model)
-        for model in self.models.values():
-            for adapter in model.adapters.values():
-                for name in (adapter.name, *adapter.aliases):
-                    if name not in names:
-                        adapters.setdefault(name, (model, adapter))
-        object.__setattr__(self, "_names", names)
-        object.__setattr__(self, "_adapters", adapters)
+        object.__setattr__(self, "index", NameIndex.of(self.models))
 
     def lookup(self, name_or_alias: str) -> ModelConfig | None:
         """The model a request names, by its name or one of its aliases."""
-        return self._names.get(name_or_alias)
+        return self.index.models.get(name_or_alias)
 
     def lookup_adapter(self, name_or_alias: str) -> tuple[ModelConfig, AdapterConfig] | None:
         """The base model and the adapter a request names, by the adapter's name or alias."""
-        return self._adapters.get(name_or_alias)
+        return self.index.adapters.get(name_or_alias)
