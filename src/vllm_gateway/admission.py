@@ -218,6 +218,17 @@ class Limiter:
         estimate = math.ceil(self.avg_hold_s * (self._queued + 1) / self._max_concurrent)
         return max(RETRY_AFTER_MIN_S, min(RETRY_AFTER_MAX_S, estimate))
 
+    def set_max_concurrent(self, max_concurrent: int) -> None:
+        """Change the number of slots now (a model's replicas come and go): new slots go to
+        the oldest waiters at once; with fewer, tickets already active keep theirs."""
+        if max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be >= 1, got {max_concurrent}")
+        if max_concurrent == self._max_concurrent:
+            return
+        self._max_concurrent = max_concurrent
+        self._hand_over()
+        self._changed()
+
     def admit(self) -> AbstractAsyncContextManager[Ticket]:
         """Context holding one ticket; entering raises QueueFull when there is no room."""
         return _Admission(self)

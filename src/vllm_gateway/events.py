@@ -35,6 +35,9 @@ class EventKind(str, enum.Enum):
     WAKE_FAILED = "wake_failed"
     DRAINING = "draining"
     NODE = "node"  # a cluster node joined or left
+    SCALE_UP = "scale_up"  # another replica of a model is started (or woken)
+    RESTORE = "restore"  # a default model comes back once its room stayed free
+    VRAM_OVER = "vram_over"  # a server holds more GPU memory than its vram_gb
 
 
 class StopReason(str, enum.Enum):
@@ -50,7 +53,7 @@ class StopReason(str, enum.Enum):
 
 
 WARNING_KINDS = frozenset({EventKind.FAILED, EventKind.CRASHED, EventKind.UNHEALTHY,
-                           EventKind.SLEEP_FAILED, EventKind.WAKE_FAILED})
+                           EventKind.SLEEP_FAILED, EventKind.WAKE_FAILED, EventKind.VRAM_OVER})
 
 
 @dataclass(frozen=True)

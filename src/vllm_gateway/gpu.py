@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,6 +28,7 @@ class NvmlModule(Protocol):
     def nvmlDeviceGetCount(self) -> int: ...
     def nvmlDeviceGetHandleByIndex(self, index: int) -> Any: ...
     def nvmlDeviceGetMemoryInfo(self, handle: Any) -> Any: ...
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class GpuReader(Protocol):
     def cached(self) -> list[Reading]:
         """The last reading, for status pages: never blocks."""
 
+    async def process_used_gb(self, pids: Collection[int]) -> dict[int, float]:
+        """GPU memory the given processes hold, summed per GPU id (GPUs they use only)."""
+
     def close(self) -> None: ...
 
 
@@ -59,6 +63,9 @@ class NullGpuReader:
 
     def cached(self) -> list[Reading]:
         return []
+
+    async def process_used_gb(self, pids: Collection[int]) -> dict[int, float]:
+        return {}
 
     def close(self) -> None:
         pass
@@ -87,6 +94,20 @@ class NvmlReader:
 
     def cached(self) -> list[Reading]:
         return list(self._last)
+
+    def process_used_now(self, pids: Collection[int]) -> dict[int, float]:
+        wanted = set(pids)
+        used: dict[int, float] = {}
+        for index in range(self._nvml.nvmlDeviceGetCount()):
+            handle = self._nvml.nvmlDeviceGetHandleByIndex(index)
+            for proc in self._nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                # usedGpuMemory is None where the driver will not say (some containers, MIG).
+                if proc.pid in wanted and proc.usedGpuMemory is not None:
+                    used[index] = used.get(index, 0.0) + proc.usedGpuMemory / _GIB
+        return used
+
+    async def process_used_gb(self, pids: Collection[int]) -> dict[int, float]:
+        return await asyncio.to_thread(self.process_used_now, pids)
 
     def close(self) -> None:
         self._nvml.nvmlShutdown()
@@ -139,13 +160,22 @@ class _MemInfo:
         self.total, self.used, self.free = total, used, total - used
 
 
+class _ProcessInfo:
+    def __init__(self, pid: int, used: int | None) -> None:
+        self.pid, self.usedGpuMemory = pid, used
+
+
 class FakeNvml:
-    """pynvml's interface with canned readings, for tests without a GPU."""
+    """pynvml's interface with canned readings, for tests without a GPU.
+
+    ``processes`` maps a GPU index to the compute processes on it, ``{pid: GB}`` (None: the
+    driver does not say)."""
 
     def __init__(self, totals_gb: Sequence[float], used_gb: Sequence[float] | None = None,
                  fail_init: str | None = None) -> None:
         self.totals_gb = list(totals_gb)
         self.used_gb = list(used_gb) if used_gb is not None else [0.0] * len(self.totals_gb)
+        self.processes: dict[int, dict[int, float | None]] = {}
         self._fail_init = fail_init
         self.initialised = False
 
@@ -165,3 +195,7 @@ class FakeNvml:
 
     def nvmlDeviceGetMemoryInfo(self, handle: int) -> _MemInfo:
         return _MemInfo(int(self.totals_gb[handle] * _GIB), int(self.used_gb[handle] * _GIB))
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[_ProcessInfo]:
+        return [_ProcessInfo(pid, None if gb is None else int(gb * _GIB))
+                for pid, gb in self.processes.get(handle, {}).items()]

@@ -91,11 +91,16 @@ class LiveCollector(Collector):
         state = GaugeMetricFamily("vllm_gateway_model_state",
                                   "1 for the state the model is in, 0 for the others",
                                   labels=["model", "state"])
+        replica_in_flight = GaugeMetricFamily(
+            "vllm_gateway_replica_requests_in_flight",
+            "Requests being served by each replica that holds memory", labels=["model", "replica"])
         for m in models:
             in_flight.add_metric([m["name"]], m["in_flight"])
             queued.add_metric([m["name"]], m["queued"])
             for s in State:
                 state.add_metric([m["name"], s.value], 1.0 if m["state"] == s.value else 0.0)
+            for r in m.get("replicas") or []:
+                replica_in_flight.add_metric([m["name"], str(r["replica"])], r["in_flight"])
         total = GaugeMetricFamily("vllm_gateway_gpu_memory_total_gb", "GPU memory", labels=["gpu"])
         placed = GaugeMetricFamily("vllm_gateway_gpu_memory_placed_gb",
                                    "GPU memory placed by the gateway", labels=["gpu"])
@@ -111,7 +116,7 @@ class LiveCollector(Collector):
                                       "Host RAM held by models asleep at level 1")
         if isinstance(host, dict):
             host_used.add_metric([], float(host.get("used_gb") or 0.0))
-        yield from (in_flight, queued, state, total, placed, driver, host_used)
+        yield from (in_flight, queued, state, replica_in_flight, total, placed, driver, host_used)
 
 
 class Metrics:
@@ -133,6 +138,9 @@ class Metrics:
                               ["model", "kind"], registry=r)
         self.starts = Counter("vllm_gateway_model_starts", "Model server starts", ["model"],
                               registry=r)
+        self.replica_starts = Counter("vllm_gateway_replica_starts",
+                                      "Model server starts, by replica (0 is the first)",
+                                      ["model", "replica"], registry=r)
         self.start_seconds = Histogram("vllm_gateway_model_start_seconds",
                                        "Time from launch to healthy", ["model"],
                                        buckets=START_BUCKETS, registry=r)
@@ -202,6 +210,7 @@ class Metrics:
         """
         for name in models:
             self.starts.labels(name)
+            self.replica_starts.labels(name, "0")
             self.failures.labels(name)
             self.retries.labels(name)
             self.wakes.labels(name)

@@ -2,8 +2,11 @@
 
 A claim reads the instances, asks :func:`planner.plan`, and applies the
 decision (evictions, sleeps, the move to starting or waking) in one synchronous
-step. Patience and pressure live here too: how long a request waits for idle
-memory before it presses busy holders, and which holders it presses.
+step. Each replica of a model is its own entry for the planner (named by its
+key); a replica never evicts its siblings and is never placed on a GPU a sibling
+holds (a second server on the same GPU adds memory, not compute). Patience and
+pressure live here too: how long a request waits for idle memory before it
+presses busy holders, and which holders it presses.
 """
 
 from __future__ import annotations
@@ -63,35 +66,47 @@ class Claims:
 
     # -- planner inputs -------------------------------------------------------------------
 
-    def _loaded(self, exclude: Instance, evictable: frozenset[str] = frozenset()
-                ) -> list[planner.Loaded]:
+    def _loaded(self, exclude: Instance, evictable: frozenset[str] = frozenset(),
+                nobody: bool = False) -> list[planner.Loaded]:
+        """Every replica holding memory but ``exclude``; with ``nobody``, none evictable."""
         now = self.m.svc.clock.now()
         accounted = bool(self.m.gpus)
         return [
             planner.Loaded(
-                i.name, i.placement, i.held_gb() if accounted else 0.0, i.last_used_mono,
-                i.evictable() or i.name in evictable,
+                i.key, i.placement, i.held_gb() if accounted else 0.0, i.last_used_mono,
+                not nobody and i.name != exclude.name and (i.evictable() or i.key in evictable),
                 sleep_gb=i.cfg.sleep_vram_gb if i.cfg.sleep and i.state is State.READY else None,
                 asleep=i.state is State.SLEEPING,
                 reload_cost=self._reload_cost(i, now))
-            for i in self.m.instances.values()
+            for i in self.m.replicas()
             if i is not exclude and i.placement is not None and i.cfg.managed
         ]
 
     def _need(self, inst: Instance) -> planner.Need:
         cfg = inst.cfg
-        if not self.m.gpus or cfg.vram_gb <= 0:
-            return planner.Need(inst.name, 0.0, 0)
+        vram = self.m.svc.vram.planned(cfg)
+        if not self.m.gpus or vram <= 0:
+            return planner.Need(inst.key, 0.0, 0)
         if inst.state is State.SLEEPING and inst.placement is not None:
             # A wake needs its whole size again, on the GPUs it sleeps on.
-            return planner.Need(inst.name, cfg.vram_gb, len(inst.placement),
+            return planner.Need(inst.key, inst.vram_gb, len(inst.placement),
                                 frozenset(inst.placement))
+        siblings = {g for r in self.m.models[inst.name].replicas
+                    if r is not inst and r.placement for g in r.placement}
         allowed = frozenset(cfg.gpu_ids) if cfg.gpu_ids is not None else None
-        return planner.Need(inst.name, cfg.vram_gb, cfg.gpu_count, allowed)
+        if siblings:
+            allowed = (allowed if allowed is not None
+                       else frozenset(g.id for g in self.m.gpus)) - siblings
+        return planner.Need(inst.key, vram, cfg.gpu_count, allowed)
 
-    def _plan(self, inst: Instance, evictable: frozenset[str] = frozenset()) -> planner.Decision:
-        return planner.plan(self.m.gpus, self._loaded(inst, evictable), self._need(inst),
+    def _plan(self, inst: Instance, evictable: frozenset[str] = frozenset(),
+              nobody: bool = False) -> planner.Decision:
+        return planner.plan(self.m.gpus, self._loaded(inst, evictable, nobody), self._need(inst),
                             self.m.config.max_loaded_models)
+
+    def room_free(self, inst: Instance) -> bool:
+        """Whether the replica would fit now without stopping or sleeping anything."""
+        return isinstance(self._plan(inst, nobody=True), planner.Place)
 
     # -- claims ---------------------------------------------------------------------------
 
@@ -112,9 +127,12 @@ class Claims:
         if target is State.WAKING:
             inst.transition = asyncio.create_task(self.m.transitions.wake(inst, stops))
             return decision
+        inst.claimed_at = self.m.svc.clock.now()
+        inst.vram_gb = self.m.svc.vram.planned(inst.cfg)
+        inst.measured_vram_gb, inst.vram_warning = None, None
         inst.placement = tuple(decision.gpu_ids)
         inst.gpu_memory_utilization = (
-            planner.gpu_memory_utilization(inst.cfg.vram_gb, self.m.gpus, decision.gpu_ids)
+            planner.gpu_memory_utilization(inst.vram_gb, self.m.gpus, decision.gpu_ids)
             if decision.gpu_ids else 0.9)
         inst.transition = asyncio.create_task(self.m.transitions.start(inst, stops))
         return decision
@@ -124,9 +142,9 @@ class Claims:
         if not isinstance(decision, planner.EvictThenPlace):
             return []
         tasks = []
-        for name in decision.evict:
-            task = self.m.begin_evict(self.m.instances[name], StopReason.LRU,
-                                      sleep=name in decision.sleep)
+        for key in decision.evict:
+            task = self.m.begin_evict(self.m.find(key), StopReason.LRU,
+                                      sleep=key in decision.sleep)
             if task is not None:
                 tasks.append(task)
         return tasks
@@ -142,20 +160,20 @@ class Claims:
         patience = self.patience_s(inst)
         if now - started < patience:
             return
-        already = frozenset(h.name for h in pressed)
+        already = frozenset(h.key for h in pressed)
         if already and isinstance(self._plan(inst, already),
                                   (planner.Place, planner.EvictThenPlace)):
             return  # those already pressed make room once they drain: press nobody else
         candidates = sorted(
-            (h for h in (self.m.instances[n] for n in decision.holders)
+            (h for h in (self.m.find(key) for key in decision.holders)
              if h not in pressed and not h.cfg.pinned and h.state is State.READY
-             and now - h.ready_since >= patience),
-            key=lambda h: (h.limiter.queued, h.last_used_mono, h.name))
+             and h.name != inst.name and now - h.ready_since >= patience),
+            key=lambda h: (h.limiter.queued, h.last_used_mono, h.key))
         if not candidates:
             return
         chosen = candidates
         for k in range(1, len(candidates) + 1):
-            names = already | {h.name for h in candidates[:k]}
+            names = already | {h.key for h in candidates[:k]}
             if isinstance(self._plan(inst, names), (planner.Place, planner.EvictThenPlace)):
                 chosen = candidates[:k]
                 break

@@ -1,7 +1,9 @@
-"""One model's runtime record: its lifecycle, admission limiter, server handle and placement.
+"""One model server's runtime record (one replica): its lifecycle, server handle and placement.
 
-The :class:`~vllm_gateway.runtime.manager.Manager` and the services it owns
-(transitions, monitor) are the only writers of these fields; an ``Instance`` is
+A model's replicas share its one queue (the admission limiter) and its request rate,
+owned by its :class:`~vllm_gateway.runtime.replicas.ReplicaSet`. The
+:class:`~vllm_gateway.runtime.manager.Manager` and the services it owns
+(transitions, monitor, scaler) are the only writers of these fields; an ``Instance`` is
 a record with a few derived views, not an actor.
 """
 
@@ -42,13 +44,15 @@ class Changes:
 
 
 class Instance:
-    def __init__(self, cfg: ModelConfig, on_state: Callable[[Instance, State, State], None],
-                 on_counts: Callable[[Instance], None], clock: Callable[[], float]) -> None:
+    def __init__(self, cfg: ModelConfig, index: int, limiter: Limiter, rate: DecayingRate,
+                 on_state: Callable[[Instance, State, State], None]) -> None:
         self.cfg = cfg
         self.name = cfg.name
-        self.life = Lifecycle(cfg.name, lambda old, new: on_state(self, old, new))
-        self.limiter = Limiter(cfg.name, cfg.max_concurrent, cfg.max_queue, clock)
-        self.limiter.on_change = lambda _limiter: on_counts(self)
+        # The replica's number within its model: 0 is the first, which always exists.
+        self.index = index
+        self.key = cfg.name if index == 0 else f"{cfg.name}#{index}"
+        self.life = Lifecycle(self.key, lambda old, new: on_state(self, old, new))
+        self.limiter = limiter  # the model's one queue, shared by its replicas
         self.changes = Changes()
         self.handle: ServerHandle | None = None
         self.port: int | None = None
@@ -61,7 +65,17 @@ class Instance:
         # cancel it. Its result is the error a waiting request should see, if any.
         self.transition: asyncio.Task[GatewayError | None] | None = None
         self.watcher: asyncio.Task[None] | None = None  # notices the server dying
-        self.committed = 0  # requests past the readiness check (waiting for a slot or in flight)
+        # Requests past the readiness check bound to this replica (waiting for a slot or in
+        # flight), and those of them holding a slot here.
+        self.committed = 0
+        self.in_flight = 0
+        self.claimed_at = 0.0  # monotonic: when its memory was claimed (start order)
+        # GPU memory per GPU it is accounted with: vram_gb, or for vram_gb: auto the last
+        # figure measured; what NVML saw it hold after it became ready, and a warning when
+        # that is over vram_gb.
+        self.vram_gb = cfg.vram_gb
+        self.measured_vram_gb: float | None = None
+        self.vram_warning: str | None = None
         self.last_used: float | None = None  # wall clock, for people
         self.last_used_mono = 0.0  # monotonic, for LRU order
         self.ready_since = 0.0  # monotonic: when it last became ready (patience of pressers)
@@ -74,7 +88,7 @@ class Instance:
         self.failed_probes = 0
         # Arrival times of requests for other models waiting for the memory this one holds.
         self.pressure: list[float] = []
-        self.rate = DecayingRate()
+        self.rate = rate  # the model's, shared by its replicas
         # Sleep tier: the level it sleeps at now, the host RAM it holds, the answer its wake
         # check expects (recorded after a cold start) and the GPU memory it still holds asleep.
         self.sleep_level: int | None = None
@@ -105,7 +119,7 @@ class Instance:
             return 0.0
         if self.state is State.SLEEPING:
             return self.residual_gb if self.residual_gb is not None else self.cfg.sleep_vram_gb
-        return self.cfg.vram_gb
+        return self.vram_gb
 
     def pressed_before(self, arrived: float) -> bool:
         """Whether a request for another model, waiting for this one's memory, came first."""
@@ -114,7 +128,7 @@ class Instance:
     def holds_requests(self) -> bool:
         # Under pressure, requests still waiting in the queue do not hold the model: they
         # arrived after the request that needs the room, and will bring it back afterwards.
-        return self.committed > 0 or self.limiter.in_flight > 0 or (
+        return self.committed > 0 or self.in_flight > 0 or (
             self.limiter.queued > 0 and not self.pressure)
 
     def evictable(self) -> bool:
@@ -135,6 +149,10 @@ class Instance:
         self.last_used = wall
         self.last_used_mono = now
         self.changes.notify()
+
+    def said(self, text: str) -> str:
+        """An event's text, naming the replica where the model has more than its first."""
+        return text if self.index == 0 else f"replica {self.index}: {text}"
 
     def last_lines(self, n: int = 20) -> list[str]:
         return self.logs.tail(n) if self.logs is not None else []

@@ -1,46 +1,48 @@
-"""The owner of every model instance: the way in for requests, and every decision.
+"""The owner of every model and its replicas: the way in for requests, and every decision.
 
 ``async with manager.lease(inst)`` is the one way a request reaches a backend:
-it takes a place in the model's queue, makes sure the model is running (placing
-it, waking it, making room), then takes a concurrency slot.
+it takes a place in the model's one queue, makes sure a replica of the model is
+running (placing it, waking it, making room), takes a concurrency slot, and
+goes to the ready replica with the fewest requests in flight.
 
 Every decision that reads shared state and then changes it (placing, evicting,
-waking, idle-stopping) runs without an ``await`` between the check and the
-claim, and moves the state with compare-and-set, so two requests can never both
-stop the same model or fill the same memory, and a caller that acted on a stale
-read plans again instead of failing.
+waking, idle-stopping, scaling) runs without an ``await`` between the check and
+the claim, and moves the state with compare-and-set, so two requests can never
+both stop the same model or fill the same memory, and a caller that acted on a
+stale read plans again instead of failing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 from .. import planner
 from ..admission import QueueFull
 from ..config import AdapterConfig
-from ..errors import BackendTimeout, BackendUnavailable, GatewayError, ModelNotFound
+from ..errors import BackendUnavailable, BadRequest, GatewayError, ModelNotFound
 from ..events import EventKind, StopReason
 from ..lifecycle import DOWN, State
 from .adapters import Adapters
 from .claims import Claims
 from .instance import Changes, Instance
+from .readiness import PROGRESS_EVERY_S, TICK_S, Progress, until_ready
+from .replicas import ReplicaSet
+from .scaling import Scaler
 from .transitions import Services, Transitions
 
-# elapsed seconds, and the expected total when the model's load time is known
-Progress = Callable[[float, float | None], Awaitable[None]]
-PROGRESS_EVERY_S = 2.0
+__all__ = ["PROGRESS_EVERY_S", "TICK_S", "Lease", "Manager", "Progress"]
+
 EVICTIONS = frozenset({StopReason.LRU, StopReason.IDLE, StopReason.MANUAL,
                        StopReason.SLEEP_TIMEOUT})
-TICK_S = 0.25  # the longest a waiter sleeps before it looks again (clock seam, patience)
 
 
 @dataclass(frozen=True)
 class Lease:
-    instance: Instance
+    instance: Instance  # the replica the request goes to
     base_url: str
 
 
@@ -52,17 +54,22 @@ class Manager:
         self.host_total_gb = host_total_gb
         self.changes = Changes()
         self.closing = False
+        # Each model with its replicas, and each model's first replica (its record while
+        # nothing runs, and the name requests and operators use).
+        self.models: dict[str, ReplicaSet] = {}
         self.instances: dict[str, Instance] = {}
         self.transitions = Transitions(svc, self.used_gb, self._released)
         self.claims = Claims(self)
+        self.scaler = Scaler(self)
         self._leases: set[asyncio.Task[object]] = set()
         for cfg in svc.config.models.values():
-            inst = Instance(cfg, self._on_state, self._on_counts, svc.clock.now)
+            group = ReplicaSet(cfg, svc.clock.now, self._on_state, self._on_counts)
             if not cfg.managed:
-                inst.life.move(State.STOPPED, State.STARTING)
-                inst.life.move(State.STARTING, State.READY)
-            self.instances[cfg.name] = inst
-        # LoRA adapters loaded into each base that serves some.
+                group.first.life.move(State.STOPPED, State.STARTING)
+                group.first.life.move(State.STARTING, State.READY)
+            self.models[cfg.name] = group
+            self.instances[cfg.name] = group.first
+        # LoRA adapters loaded into each replica of a base that serves some, by replica key.
         self.adapters = {name: Adapters(inst, svc.lora, svc.clock)
                          for name, inst in self.instances.items() if inst.cfg.adapters}
 
@@ -82,146 +89,109 @@ class Manager:
             return self.instances[found[0].name], found[1]
         return self.resolve(name_or_alias), None
 
+    def replicas(self) -> Iterator[Instance]:
+        """Every replica of every model."""
+        for group in self.models.values():
+            yield from group.replicas
+
+    def find(self, key: str) -> Instance:
+        """A replica by its key (the planner's name for it)."""
+        name = key.split("#", 1)[0]
+        group = self.models.get(name)
+        found = group.find(key) if group is not None else None
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def _adapters_of(self, replica: Instance) -> Adapters:
+        found = self.adapters.get(replica.key)
+        if found is None:
+            found = self.adapters[replica.key] = Adapters(replica, self.svc.lora, self.svc.clock)
+        return found
+
     # -- the way in -----------------------------------------------------------------------
 
     @asynccontextmanager
     async def lease(self, inst: Instance, progress: Progress | None = None,
                     adapter: AdapterConfig | None = None) -> AsyncIterator[Lease]:
         """Queue, start or wake if needed (and load the adapter), take a slot. QueueFull is
-        the caller's 429. An adapter's requests count against its base's limits."""
+        the caller's 429. An adapter's requests count against its base's limits and stay on
+        the replica the adapter was loaded into."""
+        group = self.models[inst.name]
         task = asyncio.current_task()
         if task is not None:
             self._leases.add(task)
         try:
-            async with inst.limiter.admit() as ticket:
-                inst.rate.observe(self.svc.clock.now())
-                await self.ensure_ready(inst, progress)
-                inst.committed += 1
+            async with group.limiter.admit() as ticket:
+                arrived = self.svc.clock.now()
+                group.rate.observe(arrived)
+                bound = await self.ensure_ready(inst, progress, arrived)
+                bound.committed += 1
                 try:
                     async with AsyncExitStack() as stack:
                         if adapter is not None:
                             await stack.enter_async_context(
-                                self.adapters[inst.name].using(adapter))
-                        await ticket.activate()
-                        base_url = inst.base_url
-                        if base_url is None or not inst.serving():
+                                self._adapters_of(bound).using(adapter))
+                        with group.waiting_for_slot():
+                            await ticket.activate()
+                        chosen = group.pick(arrived) if adapter is None else None
+                        if chosen is not None and chosen is not bound:
+                            # One step: the request's binding moves with nothing in between.
+                            bound.committed -= 1
+                            chosen.committed += 1
+                            bound.changes.notify()
+                            bound = chosen
+                        base_url = bound.base_url
+                        if base_url is None or not bound.serving():
                             raise BackendUnavailable(f"model {inst.name} stopped before the "
                                                      "request could be sent; try again")
-                        yield Lease(inst, base_url)
+                        bound.in_flight += 1
+                        try:
+                            yield Lease(bound, base_url)
+                        finally:
+                            bound.in_flight -= 1
                 finally:
-                    inst.committed -= 1
-                    inst.touch(self.svc.clock.now(), self.svc.clock.wall())
+                    bound.committed -= 1
+                    bound.touch(self.svc.clock.now(), self.svc.clock.wall())
                     self.changes.notify()
         except QueueFull as full:
-            self._retry_after_load(inst, full)
+            self._retry_after_load(group, full)
             raise
         finally:
             if task is not None:
                 self._leases.discard(task)
 
-    def _retry_after_load(self, inst: Instance, full: QueueFull) -> None:
+    def _retry_after_load(self, group: ReplicaSet, full: QueueFull) -> None:
         """A full queue while the model loads: come back once it is loaded and drained."""
-        left = self.claims.load_left_s(inst)
+        left = self.claims.load_left_s(group.lead())
         if left is not None:
             full.retry_after_s = max(1, min(3600, math.ceil(left + full.retry_after_s)))
 
-    async def ensure_ready(self, inst: Instance, progress: Progress | None = None) -> None:
-        """Return once the model serves, starting or waking it (and making room) if needed.
-
-        A request that finds no room waits for idle models to free it; once it has waited
-        longer than its model's patience it presses the busy holders that are cheapest to
-        bring back, so they drain and make room (see README, "Scheduling").
-        """
-        started = self.svc.clock.now()
+    async def ensure_ready(self, inst: Instance, progress: Progress | None = None,
+                           started: float | None = None) -> Instance:
+        """Return a ready replica of the model, starting or waking one (and making room) if
+        needed; see :mod:`.readiness`."""
+        started = self.svc.clock.now() if started is None else started
         pressed: list[Instance] = []
         try:
-            await self._ensure_ready(inst, progress, started, pressed)
+            return await until_ready(self, self.models[inst.name], progress, started, pressed)
         finally:
             for holder in pressed:
                 holder.pressure.remove(started)
                 holder.changes.notify()
 
-    async def _ensure_ready(self, inst: Instance, progress: Progress | None, started: float,
-                            pressed: list[Instance]) -> None:
-        clock = self.svc.clock
-        deadline = started + inst.cfg.startup_timeout_s
-        next_tick = started + PROGRESS_EVERY_S
-        while True:
-            if self.closing:
-                raise BackendUnavailable("the gateway is shutting down")
-            state = inst.state
-            if state is State.READY and not inst.pressed_before(started):
-                return
-            now = clock.now()
-            if progress is not None and now >= next_tick:
-                next_tick = now + PROGRESS_EVERY_S
-                await progress(now - started, self.claims.expected_load_s(inst))
-                continue  # the state may have changed while the client was written to
-            wait_s = max(min(next_tick if progress is not None else deadline, deadline) - now,
-                         0.01)
-            transition = inst.transition
-            if transition is not None and not transition.done():
-                # No shorter timeout here: waiters resume in the order they started waiting,
-                # which keeps requests first come, first served once the model is ready.
-                done, _ = await asyncio.wait({transition}, timeout=wait_s)
-                if done and not transition.cancelled():
-                    error = transition.result()
-                    if error is not None and inst.state in (State.BACKOFF, State.HELD):
-                        raise error
-                elif now >= deadline:
-                    raise BackendTimeout(f"model {inst.name} did not become available within "
-                                         f"{inst.cfg.startup_timeout_s:g} s")
-                continue
-            if state is State.SLEEPING or state in DOWN:
-                if state in DOWN:
-                    self._refuse_down(inst)
-                decision = self.claims.claim(inst, state)
-                if isinstance(decision, planner.Impossible):
-                    raise BackendUnavailable(f"model {inst.name} cannot be placed: "
-                                             f"{decision.message}")
-                if isinstance(decision, planner.NoRoom):
-                    self.claims.press(inst, decision, started, pressed)
-                    if clock.now() >= deadline:
-                        raise BackendUnavailable(
-                            f"no room to start model {inst.name} within "
-                            f"{inst.cfg.startup_timeout_s:g} s: {decision.message}")
-                    await self.changes.wait(min(wait_s, TICK_S))
-                continue
-            # Draining, stopping, or ready with an earlier presser: wait for it to settle.
-            if now >= deadline:
-                raise BackendTimeout(f"model {inst.name} did not become available within "
-                                     f"{inst.cfg.startup_timeout_s:g} s")
-            await inst.changes.wait(min(wait_s, TICK_S))
-
-    def _refuse_down(self, inst: Instance) -> None:
-        lines = "\n".join(inst.last_lines(10))
-        if inst.state is State.HELD:
-            raise BackendUnavailable(
-                f"model {inst.name} failed to start {inst.failed_starts} times in a row and is "
-                f"held until POST /gateway/models/{inst.name}/load. {inst.last_error or ''}\n"
-                f"Last output:\n{lines}")
-        if inst.state is not State.BACKOFF or inst.retry_at is None:
-            return
-        remaining = inst.retry_at - self.svc.clock.now()
-        if remaining > 0:
-            raise BackendUnavailable(
-                f"model {inst.name} failed to start {inst.failed_starts} time(s) in a row; next "
-                f"try in {remaining:.1f} s (or POST /gateway/models/{inst.name}/load). "
-                f"{inst.last_error or ''}\nLast output:\n{lines}",
-                headers={"Retry-After": str(max(1, math.ceil(remaining)))})
-
     # -- accounting -----------------------------------------------------------------------
 
     def used_gb(self, launched_only: bool = True) -> dict[int, float]:
         used = {g.id: 0.0 for g in self.gpus}
-        for i in self.instances.values():
+        for i in self.replicas():
             if i.placement and (i.launched or not launched_only):
                 for g in i.placement:
                     used[g] = used.get(g, 0.0) + i.held_gb()
         return used
 
     def host_used_gb(self) -> float:
-        return sum(i.host_gb for i in self.instances.values())
+        return sum(i.host_gb for i in self.replicas())
 
     # -- moves (synchronous: decide and claim in one step) --------------------------------
 
@@ -243,14 +213,14 @@ class Manager:
             self.svc.metrics.evictions.labels(inst.name, reason.value).inc()
         kind = {StopReason.LRU: EventKind.EVICTED, StopReason.IDLE: EventKind.IDLE_STOP}.get(
             reason, EventKind.STOPPING)
-        self.svc.events.add(inst.name, kind, f"stopping ({reason.value})")
+        self.svc.events.add(inst.name, kind, inst.said(f"stopping ({reason.value})"))
 
     def begin_sleep(self, inst: Instance, reason: StopReason
                     ) -> asyncio.Task[GatewayError | None] | None:
         """Drain, then put to sleep at the deepest level host RAM allows; None if it cannot."""
         if not inst.cfg.sleep or inst.state is not State.READY:
             return None
-        weights = inst.cfg.weights_gb if inst.cfg.weights_gb is not None else inst.cfg.vram_gb
+        weights = inst.cfg.weights_gb if inst.cfg.weights_gb is not None else inst.vram_gb
         level = 2
         if inst.cfg.sleep == 1 and self.host_used_gb() + weights <= self.host_total_gb:
             level = 1
@@ -259,8 +229,8 @@ class Manager:
         inst.host_gb = weights if level == 1 else 0.0
         if reason in EVICTIONS:
             self.svc.metrics.evictions.labels(inst.name, reason.value).inc()
-        self.svc.events.add(inst.name, EventKind.DRAINING, f"going to sleep at level {level} "
-                                                           f"({reason.value})")
+        self.svc.events.add(inst.name, EventKind.DRAINING, inst.said(
+            f"going to sleep at level {level} ({reason.value})"))
         inst.transition = asyncio.create_task(self.transitions.sleep(inst, level, reason.value))
         return inst.transition
 
@@ -269,24 +239,15 @@ class Manager:
         task = self.begin_sleep(inst, reason) if sleep else None
         return task if task is not None else self.begin_stop(inst, reason)
 
-    # -- operators ------------------------------------------------------------------------
-
-    async def load(self, inst: Instance) -> None:
-        if inst.state in (State.BACKOFF, State.HELD):
-            inst.failed_starts, inst.retry_at = 0, None  # an operator asked: try now
-            inst.life.move(inst.state, State.STOPPED)
-        await self.ensure_ready(inst)
-
-    async def unload(self, inst: Instance, reason: StopReason = StopReason.MANUAL) -> None:
-        """Stop after in-flight requests finish; requests arriving meanwhile wait."""
-        if not inst.cfg.managed:
-            return
+    def drain_and_stop(self, inst: Instance, reason: StopReason
+                       ) -> asyncio.Task[GatewayError | None] | None:
+        """Stop a replica after its requests finish (at once when it is not ready)."""
         if inst.state is State.READY and inst.life.move(State.READY, State.DRAINING):
             inst.transition = asyncio.create_task(self._drain_then_stop(inst, reason))
-        elif inst.state is not State.DRAINING:
-            self.begin_stop(inst, reason)
-        while inst.transition is not None and not inst.transition.done():
-            await asyncio.shield(inst.transition)
+            return inst.transition
+        if inst.state is State.DRAINING:
+            return inst.transition
+        return self.begin_stop(inst, reason)
 
     async def _drain_then_stop(self, inst: Instance, reason: StopReason) -> GatewayError | None:
         await self.transitions.drained(inst)
@@ -295,33 +256,48 @@ class Manager:
             await self.transitions.release(inst)
         return None
 
+    # -- operators ------------------------------------------------------------------------
+
+    async def load(self, inst: Instance, replicas: int | None = None) -> None:
+        """Start the model now (a held or backing-off one at once); with ``replicas``, run
+        that many replicas now (0 unloads)."""
+        if inst.state in (State.BACKOFF, State.HELD):
+            inst.failed_starts, inst.retry_at = 0, None  # an operator asked: try now
+            inst.life.move(inst.state, State.STOPPED)
+        group = self.models[inst.name]
+        group.scale_retry_at = 0.0
+        if replicas is None:
+            await self.ensure_ready(inst)
+            return
+        if not 0 <= replicas <= group.cfg.replicas.max:
+            raise BadRequest(f"model {inst.name} may run 0 to {group.cfg.replicas.max} "
+                             f"replicas (replicas.max), not {replicas}")
+        await self.scaler.scale_to(group, replicas)
+
+    async def unload(self, inst: Instance, reason: StopReason = StopReason.MANUAL) -> None:
+        """Stop every replica after its in-flight requests finish; requests arriving
+        meanwhile wait."""
+        if not inst.cfg.managed:
+            return
+        group = self.models[inst.name]
+        for replica in list(group.replicas):
+            self.drain_and_stop(replica, reason)
+        for replica in list(group.replicas):
+            while replica.transition is not None and not replica.transition.done():
+                await asyncio.shield(replica.transition)
+
     async def sleep(self, inst: Instance) -> None:
-        """Put a ready model to sleep now (after its in-flight requests)."""
-        task = self.begin_sleep(inst, StopReason.MANUAL)
-        if task is not None:
-            await asyncio.shield(task)
+        """Put a model's ready replicas to sleep now (each after its in-flight requests)."""
+        tasks = [self.begin_sleep(r, StopReason.MANUAL) for r in self.models[inst.name].replicas]
+        for task in tasks:
+            if task is not None:
+                await asyncio.shield(task)
 
     # -- what the monitor ticks ------------------------------------------------------------
 
     def reap(self) -> list[str]:
-        """Idle models sleep or stop, long sleepers stop (one synchronous step)."""
-        now = self.svc.clock.now()
-        acted = []
-        for inst in self.instances.values():
-            if not inst.cfg.managed or not inst.evictable():
-                continue
-            if inst.state is State.READY:
-                timeout = inst.cfg.idle_timeout_s
-                # Idle since the end of the last request, or since it became ready if none came.
-                idle_since = max(inst.limiter.last_idle_at or 0.0, inst.last_used_mono)
-                if timeout > 0 and now - idle_since >= timeout:
-                    self.begin_evict(inst, StopReason.IDLE, sleep=bool(inst.cfg.sleep))
-                    acted.append(inst.name)
-            elif (inst.state is State.SLEEPING and inst.cfg.sleep_timeout_s > 0
-                  and now - (inst.asleep_since or now) >= inst.cfg.sleep_timeout_s):
-                self.begin_stop(inst, StopReason.SLEEP_TIMEOUT)
-                acted.append(inst.name)
-        return acted
+        """Idle replicas sleep or stop, long sleepers stop (one synchronous step)."""
+        return self.scaler.reap()
 
     # -- callbacks ------------------------------------------------------------------------
 
@@ -330,31 +306,28 @@ class Manager:
         self.changes.notify()
 
     def _on_state(self, inst: Instance, old: State, new: State) -> None:
+        if State.READY in (old, new):
+            self.models[inst.name].update_slots()
         inst.changes.notify()
         self.changes.notify()
 
-    def _on_counts(self, inst: Instance) -> None:
-        if inst.limiter.idle:
-            inst.changes.notify()
+    def _on_counts(self, group: ReplicaSet) -> None:
+        if group.limiter.idle:
+            for replica in group.replicas:
+                replica.changes.notify()
             self.changes.notify()
 
     # -- start-up and shutdown ------------------------------------------------------------
 
     async def preload(self) -> None:
-        """Start pinned and default models (their failures are logged, not fatal)."""
-        wanted = [i for i in self.instances.values()
-                  if i.cfg.managed and (i.cfg.pinned or i.cfg.default)]
-        results = await asyncio.gather(*(self.ensure_ready(i) for i in wanted),
-                                       return_exceptions=True)
-        for inst, result in zip(wanted, results):
-            if isinstance(result, Exception):
-                self.svc.events.add(inst.name, EventKind.FAILED, f"preload failed: {result}")
+        """Start pinned and default models with their ``replicas.min``."""
+        await self.scaler.preload()
 
     def begin_shutdown(self) -> None:
         """Stop accepting: waiting requests are refused and no model starts any more."""
         self.closing = True
         self.changes.notify()
-        for inst in self.instances.values():
+        for inst in self.replicas():
             inst.changes.notify()
 
     async def drain_requests(self, deadline_s: float) -> None:
@@ -370,7 +343,7 @@ class Manager:
         """Stop every model this gateway started and wait until their processes are gone."""
         self.begin_shutdown()
         tasks = []
-        for inst in self.instances.values():
+        for inst in list(self.replicas()):
             if not inst.cfg.managed:
                 continue
             task = self.begin_stop(inst, StopReason.SHUTDOWN)
@@ -380,6 +353,6 @@ class Manager:
                 tasks.append(task)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        for inst in self.instances.values():
+        for inst in self.replicas():
             if inst.watcher is not None:
                 inst.watcher.cancel()

@@ -50,6 +50,7 @@ class Monitor:
         while True:
             await asyncio.sleep(REAP_EVERY_S)
             self.manager.reap()
+            self.manager.scaler.tick()
 
     async def _readings_loop(self) -> None:
         reader = self.manager.svc.gpus_reader
@@ -62,9 +63,9 @@ class Monitor:
         faults = self.manager.config.faults
         while True:
             await asyncio.sleep(faults.health_interval_s)
-            checks = [self.check(inst) for inst in self.manager.instances.values()
+            checks = [self.check(inst) for inst in self.manager.replicas()
                       if inst.state is State.READY and inst.cfg.managed]
-            reads = [self.read_asleep(inst) for inst in self.manager.instances.values()
+            reads = [self.read_asleep(inst) for inst in self.manager.replicas()
                      if inst.state is State.SLEEPING]
             await asyncio.gather(*checks, *reads, return_exceptions=True)
 
@@ -113,8 +114,9 @@ class Monitor:
         svc = self.manager.svc
         inst.last_error = f"exited with code {code} while {state.value}"
         svc.metrics.failures.labels(inst.name).inc()
-        svc.events.add(inst.name, EventKind.CRASHED, f"exit code {code} while {state.value}; "
-                       "last output:\n" + "\n".join(inst.last_lines(20)))
+        svc.events.add(inst.name, EventKind.CRASHED, inst.said(
+            f"exit code {code} while {state.value}; last output:\n"
+            + "\n".join(inst.last_lines(20))))
         inst.transition = asyncio.create_task(self.manager.transitions.release(inst))
 
     def kill_hung(self, inst: Instance, probes: int) -> None:
@@ -125,8 +127,8 @@ class Monitor:
         svc = self.manager.svc
         inst.last_error = f"stopped answering its health checks ({probes} in a row)"
         svc.metrics.failures.labels(inst.name).inc()
-        svc.events.add(inst.name, EventKind.UNHEALTHY,
-                       f"{probes} health checks failed in a row: killing it; the next request "
-                       "starts it again")
+        svc.events.add(inst.name, EventKind.UNHEALTHY, inst.said(
+            f"{probes} health checks failed in a row: killing it; the next request starts it "
+            "again"))
         previous = inst.transition
         inst.transition = asyncio.create_task(self.manager.transitions.stop(inst, previous, 0.0))

@@ -1,4 +1,11 @@
-"""The status document behind ``/gateway/status``, the dashboard, metrics and the CLI."""
+"""The status document behind ``/gateway/status``, the dashboard, metrics and the CLI.
+
+A model's fields are those of the model as a whole: its state is the best state
+of its replicas (``ready`` if any is ready), counts are the model's queue, GPUs
+are those of every replica; per-life fields (port, pid, start and sleep times,
+errors) are those of the replica whose state it shows. ``replicas`` lists every
+replica that holds memory, in start order.
+"""
 
 from __future__ import annotations
 
@@ -10,35 +17,51 @@ from .instance import Instance
 from .manager import Manager
 
 
-def model_status(manager: Manager, inst: Instance) -> dict[str, Any]:
+def _pid(inst: Instance) -> int | None:
+    return inst.handle.pid if inst.handle is not None and inst.state in RUNNING else None
+
+
+def replica_status(inst: Instance) -> dict[str, Any]:
+    return {"replica": inst.index, "state": inst.state.value, "gpus": list(inst.placement or ()),
+            "port": inst.port if inst.state in RUNNING else None, "pid": _pid(inst),
+            "in_flight": inst.in_flight, "measured_vram_gb": inst.measured_vram_gb}
+
+
+def model_status(manager: Manager, first: Instance) -> dict[str, Any]:
     now = manager.svc.clock.now()
-    cfg = inst.cfg
-    shows_process = inst.state in RUNNING
-    pid = inst.handle.pid if inst.handle is not None and shows_process else None
+    cfg = first.cfg
+    group = manager.models[first.name]
+    inst = group.lead()
+    holding = group.holding()
     nodes = {g.id: g.node for g in manager.gpus}
-    node = next((nodes[g] for g in inst.placement or () if nodes.get(g)), None)
+    gpus = list(dict.fromkeys(g for r in holding for g in r.placement or ()))
+    node = next((nodes[g] for g in gpus if nodes.get(g)), None)
     expected = manager.claims.expected_load_s(inst)
+    measured = [r.measured_vram_gb for r in holding if r.measured_vram_gb is not None]
+    used = [r.last_used for r in group.replicas if r.last_used is not None]
     return {
-        "name": inst.name,
+        "name": first.name,
         "state": inst.state.value,
-        "vram_gb": cfg.vram_gb,
+        "vram_gb": inst.vram_gb if inst.placement else manager.svc.vram.planned(cfg),
         "gpu_count": cfg.gpu_count,
-        "gpus": list(inst.placement or ()),
+        "gpus": gpus,
         "node": node,
-        "in_flight": inst.limiter.in_flight,
-        "queued": inst.limiter.queued,
-        "last_used": inst.last_used,
-        "port": inst.port if shows_process else None,
-        "pid": pid,
+        "in_flight": group.limiter.in_flight,
+        "queued": group.limiter.queued,
+        "last_used": max(used, default=None),
+        "port": inst.port if inst.state in RUNNING else None,
+        "pid": _pid(inst),
         "max_concurrent": cfg.max_concurrent,
         "max_queue": cfg.max_queue,
         "aliases": list(cfg.aliases),
         "managed": cfg.managed,
         "pinned": cfg.pinned,
+        "default": cfg.default,
         "launcher": cfg.launcher if cfg.managed else "url",
         "starting_for_s": round(now - inst.starting_since, 1)
         if inst.starting_since is not None and inst.state is State.STARTING else None,
-        "last_start_s": inst.last_start_s,
+        "last_start_s": inst.last_start_s if inst.last_start_s is not None
+        else first.last_start_s,
         "expected_load_s": round(expected, 2) if expected is not None else None,
         "error": inst.last_error,
         "failed_starts": inst.failed_starts,
@@ -50,11 +73,14 @@ def model_status(manager: Manager, inst: Instance) -> dict[str, Any]:
         "asleep_for_s": round(now - inst.asleep_since, 1)
         if inst.asleep_since is not None and inst.state is State.SLEEPING else None,
         "last_wake_s": inst.last_wake_s,
-        "wake_check_failures": inst.wake_check_failures,
-        "adapters": manager.adapters[inst.name].status() if inst.name in manager.adapters
+        "wake_check_failures": sum(r.wake_check_failures for r in group.replicas),
+        "adapters": manager.adapters[first.name].status() if first.name in manager.adapters
         else None,
         # vLLM's own gauges are stale once the server is gone.
         "backend": inst.backend_metrics if inst.state in (State.READY, State.SLEEPING) else None,
+        "measured_vram_gb": max(measured) if measured else manager.svc.vram.last(cfg.name),
+        "vram_warning": next((r.vram_warning for r in group.replicas if r.vram_warning), None),
+        "replicas": [replica_status(r) for r in holding],
     }
 
 

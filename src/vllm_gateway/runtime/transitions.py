@@ -13,7 +13,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..config import GatewayConfig
 from ..errors import BackendTimeout, BackendUnavailable, GatewayError
@@ -22,6 +22,7 @@ from ..gpu import GpuReader, wait_released
 from ..handles import ServerHandle
 from ..health import StartFailed, StartTimedOut, wait_healthy
 from ..launchers.base import Launcher, LaunchError, LaunchSpec
+from ..launchers.pgroup import group_members
 from ..lifecycle import State
 from ..metrics import Metrics
 from .clock import Clock
@@ -29,6 +30,7 @@ from .costs import LoadCosts
 from .instance import Instance
 from .lora_api import LoraControl
 from .sleep_api import SleepControl, SleepError
+from .vram import MeasuredVram, measure
 
 log = logging.getLogger("vllm_gateway.runtime")
 
@@ -57,6 +59,9 @@ class Services:
     lora: LoraControl
     clock: Clock
     costs: LoadCosts
+    vram: MeasuredVram = field(default_factory=MeasuredVram)
+    # The live processes of a server's process group (its memory is theirs, summed).
+    group_pids: Callable[[int], list[int]] = group_members
 
 
 class Transitions:
@@ -98,7 +103,8 @@ class Transitions:
         inst.touch(svc.clock.now(), svc.clock.wall())
         svc.costs.record(inst.name, "start", took)
         svc.metrics.start_seconds.labels(inst.name).observe(took)
-        svc.events.add(inst.name, EventKind.READY, f"in {took:.2f} s")
+        svc.events.add(inst.name, EventKind.READY, inst.said(f"in {took:.2f} s"))
+        await measure(inst, svc.gpus_reader, svc.group_pids, svc.vram, svc.events)
         return None
 
     async def _reference(self, inst: Instance) -> str | None:
@@ -126,13 +132,14 @@ class Transitions:
             spec = LaunchSpec(inst.cfg, inst.port, inst.placement or (),
                               inst.gpu_memory_utilization, env)
             svc.events.add(inst.name, EventKind.STARTING,
-                           f"on port {inst.port}, GPUs {list(spec.gpu_ids)}")
+                           inst.said(f"on port {inst.port}, GPUs {list(spec.gpu_ids)}"))
             try:
                 inst.handle = await launcher.start(spec)
             finally:
                 inst.launched = True
             self.watch(inst, inst.handle)
             svc.metrics.starts.labels(inst.name).inc()
+            svc.metrics.replica_starts.labels(inst.name, str(inst.index)).inc()
             try:
                 await wait_healthy(svc.probe, inst.handle, inst.cfg.health_path, deadline)
                 return
@@ -167,7 +174,8 @@ class Transitions:
             next_try = f"next try in {backoff:.0f} s"
         await self.release(inst)
         svc.metrics.failures.labels(inst.name).inc()
-        svc.events.add(inst.name, EventKind.FAILED, f"{exc}; {next_try}; last output:\n{tail}")
+        svc.events.add(inst.name, EventKind.FAILED,
+                       inst.said(f"{exc}; {next_try}; last output:\n{tail}"))
         message = f"model {inst.name} failed to start: {exc}\nLast output:\n{tail}"
         if isinstance(exc, StartTimedOut):
             return BackendTimeout(message)
@@ -186,7 +194,7 @@ class Transitions:
     async def drained(self, inst: Instance) -> None:
         # Only requests already past the readiness check are waited for; new ones queue
         # behind the drain and bring the model back once it is stopped or asleep.
-        while (inst.committed > 0 or inst.limiter.in_flight > 0) and inst.state is State.DRAINING:
+        while (inst.committed > 0 or inst.in_flight > 0) and inst.state is State.DRAINING:
             await inst.changes.wait(1.0)
 
     async def release(self, inst: Instance, grace_s: float | None = None) -> None:
@@ -200,7 +208,7 @@ class Transitions:
                                       else grace_s)
                 except Exception as exc:  # noqa: BLE001 - an engine error must not wedge the model
                     log.error("model %s: stopping its server failed: %s", inst.name, exc)
-                    svc.events.add(inst.name, EventKind.STOP_FAILED, str(exc))
+                    svc.events.add(inst.name, EventKind.STOP_FAILED, inst.said(str(exc)))
             if inst.placement and svc.gpus_reader.enabled:
                 expected = self._used_gb()
                 for g in inst.placement:
@@ -213,7 +221,8 @@ class Transitions:
             inst.sleep_level, inst.host_gb, inst.asleep_since = None, 0.0, None
             inst.residual_gb = None
             if inst.life.move(State.STOPPING, State.STOPPED):
-                svc.events.add(inst.name, EventKind.STOPPED, "processes gone, memory released")
+                svc.events.add(inst.name, EventKind.STOPPED,
+                               inst.said("processes gone, memory released"))
             self._on_released(inst)
 
     # -- sleep and wake -------------------------------------------------------------------
@@ -227,7 +236,8 @@ class Transitions:
         try:
             await svc.sleep.sleep(inst.base_url, level)
         except SleepError as exc:
-            svc.events.add(inst.name, EventKind.SLEEP_FAILED, f"{exc}; stopping it instead")
+            svc.events.add(inst.name, EventKind.SLEEP_FAILED,
+                           inst.said(f"{exc}; stopping it instead"))
             if inst.life.move(State.DRAINING, State.STOPPING):
                 await self.release(inst)
             return None
@@ -238,7 +248,7 @@ class Transitions:
         inst.asleep_since = svc.clock.now()
         svc.metrics.sleeps.labels(inst.name, str(level)).inc()
         held = f", {inst.host_gb:g} GB of host RAM" if inst.host_gb else ""
-        svc.events.add(inst.name, EventKind.ASLEEP, f"level {level} ({reason}){held}")
+        svc.events.add(inst.name, EventKind.ASLEEP, inst.said(f"level {level} ({reason}){held}"))
         return None
 
     def _driver_used(self, inst: Instance) -> dict[int, float]:
@@ -254,8 +264,8 @@ class Transitions:
         freed = [before[g] - after[g] for g in before if g in after]
         if not freed:
             return None
-        residual = max(inst.cfg.vram_gb - min(freed), 0.0)
-        return round(min(residual, inst.cfg.vram_gb), 2)
+        residual = max(inst.vram_gb - min(freed), 0.0)
+        return round(min(residual, inst.vram_gb), 2)
 
     async def wake(self, inst: Instance, evictions: list[asyncio.Task[GatewayError | None]]
                    ) -> GatewayError | None:
@@ -275,7 +285,7 @@ class Transitions:
                     raise SleepError(f"wake check: answered {got!r}, expected "
                                      f"{inst.reference_answer!r} as after the cold start")
         except SleepError as exc:
-            svc.events.add(inst.name, EventKind.WAKE_FAILED, f"{exc}; cold-starting it")
+            svc.events.add(inst.name, EventKind.WAKE_FAILED, inst.said(f"{exc}; cold-starting it"))
             if inst.life.move(State.WAKING, State.STOPPING):
                 await self.release(inst)
             return None
@@ -289,5 +299,6 @@ class Transitions:
         svc.costs.record(inst.name, "wake", took)
         svc.metrics.wakes.labels(inst.name).inc()
         svc.metrics.wake_seconds.labels(inst.name).observe(took)
-        svc.events.add(inst.name, EventKind.WOKEN, f"from level {level} in {took:.2f} s")
+        svc.events.add(inst.name, EventKind.WOKEN,
+                       inst.said(f"from level {level} in {took:.2f} s"))
         return None
