@@ -23,5 +23,8 @@ step "benchmark smoke run (timings are not asserted)"
 bash scripts/install_bench_tools.sh
 .venv/bin/python -m bench.proxy --smoke
 
+step "wake benchmark smoke run: a cold start and wakes from levels 1 and 2 answer"
+.venv/bin/python -m bench.wake --smoke
+
 step "trace benchmark smoke run: every request answered, nothing over-committed"
 .venv/bin/python -m bench.trace --smoke
