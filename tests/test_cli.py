@@ -212,6 +212,16 @@ def test_errors_are_one_clear_line_and_a_nonzero_exit() -> None:
             assert stderr.startswith("vllm-gateway: not a usable gateway URL: 127.0.0.1:1"), stderr
 
 
+def test_a_model_name_is_one_part_of_the_url_or_refused() -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens: a name must fail before that
+    for args in [("load", "../status"), ("unload", "a/../../v1/x"), ("logs", "a\\b"),
+                 ("load", "x/"), ("unload", "%2e%2e")]:
+        out = cli(*args, "--url", url)
+        assert out.returncode == 1 and out.stdout == "", (args, out)
+        assert out.stderr == f"vllm-gateway: model name {args[1]!r} cannot be part of a URL " \
+                             "path\n", out.stderr
+
+
 def test_new_lines_follows_a_bounded_window() -> None:
     assert new_lines([], ["a", "b"]) == ["a", "b"]
     assert new_lines(["a", "b"], ["a", "b"]) == []

@@ -121,6 +121,21 @@ def test_admin_endpoints_need_an_admin_key(auth_gw: GatewayProc) -> None:
     assert r.json() == {"name": "beta", "state": "stopped"}
 
 
+def test_a_model_scoped_key_cannot_walk_out_of_v1(auth_gw: GatewayProc) -> None:
+    # The key may use alpha on /v1/*; the path check comes before the key's scope, on the
+    # same path, so a dot segment never reaches the model's other routes nor the admin ones.
+    body = json.dumps(chat("alpha")).encode()
+    for target in ("/v1/../gateway/models/alpha/unload", "/v1/%2e%2e/fake/hang",
+                   "/v1/%2E%2e%2Ffake%2Fhang", "/gateway/models/alpha/../beta/load"):
+        head = (f"POST {target} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {USER_SECRET}"
+                f"\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        assert check_error(*send_raw(auth_gw.port, head + body), 400)["code"] == "invalid_path"
+    assert auth_gw.model("beta")["state"] in ("stopped", "ready")
+    r = httpx.post(auth_gw.url + "/v1/chat/completions", json=chat("alpha"),
+                   headers=bearer(USER_SECRET), timeout=60)
+    assert r.status_code == 200, r.text
+
+
 def test_health_metrics_and_status_stay_open_by_default(auth_gw: GatewayProc) -> None:
     for path in ("/health", "/ready", "/metrics", "/gateway/status", "/gateway/events",
                  "/openapi.json"):

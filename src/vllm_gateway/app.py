@@ -31,12 +31,14 @@ from .launchers.base import Launcher
 from .openapi import OPENAPI
 from .proxy import NotDelivered, ResponseSink
 from .reqctx import CLIENT_CLOSED, RequestContext, new_request_id
+from .web.paths import InvalidPath, RequestPath, normalise
 
 log = logging.getLogger("vllm_gateway.app")
 
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 AUTH_KEY: web.AppKey[Authenticator] = web.AppKey("auth", Authenticator)
 MAX_BODY_KEY: web.AppKey[int] = web.AppKey("max_body", int)
+PATH_KEY: web.RequestKey[RequestPath] = web.RequestKey("path", RequestPath)
 # A client's X-Request-ID is kept only when it is short visible ASCII: it is echoed in
 # headers, forwarded to backends and written to every log line.
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
@@ -73,10 +75,26 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(NotFound(f"no such endpoint: {request.method} {request.path}"))
 
 
+@web.middleware
+async def paths_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every route and every decision on it (auth included) sees one normalised path."""
+    try:
+        found = normalise(request.raw_path)
+    except InvalidPath:
+        log.warning("refused request path %r", request.raw_path[:200])
+        raise
+    if found.path != request.path:
+        # aiohttp routed on another reading of the same bytes: never let the two differ.
+        raise InvalidPath(f"the request path {request.raw_path[:200]!r} is refused: it does "
+                          "not read the same to every server")
+    request[PATH_KEY] = found
+    return await handler(request)
+
+
 def create_app(config: GatewayConfig, *, nvml: Any = None,
                launchers: Mapping[str, Launcher] | None = None) -> web.Application:
     max_body = int(config.server.max_body_mb * 1024 * 1024)
-    app = web.Application(middlewares=[errors_middleware], client_max_size=max_body)
+    app = web.Application(middlewares=[errors_middleware, paths_middleware], client_max_size=max_body)
     gateway = Gateway(config, nvml=nvml, launchers=launchers)
     app[GATEWAY_KEY] = gateway
     app[AUTH_KEY] = Authenticator(config.auth)
@@ -102,9 +120,9 @@ def create_app(config: GatewayConfig, *, nvml: Any = None,
     r.add_get("/metrics", metrics)
     r.add_get("/gateway/status", status)
     r.add_get("/gateway/events", events)
-    r.add_post("/gateway/models/{name}/load", load)
-    r.add_post("/gateway/models/{name}/unload", unload)
-    r.add_get("/gateway/models/{name}/logs", logs)
+    r.add_post("/gateway/models/{name:.+}/load", load)
+    r.add_post("/gateway/models/{name:.+}/unload", unload)
+    r.add_get("/gateway/models/{name:.+}/logs", logs)
     r.add_get("/openapi.json", openapi)
     r.add_get("/", dashboard)
     r.add_get("/gateway/ui", dashboard)
@@ -133,13 +151,16 @@ def _parse(body: bytes) -> dict[str, Any]:
 async def handle_v1(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY_KEY]
     auth = request.app[AUTH_KEY]
+    target = request[PATH_KEY]
     ctx = RequestContext(client_request_id(request) or new_request_id(),
-                         request.method, request.path)
+                         request.method, target.path)
     sink = ResponseSink(request, ctx)
     model_label = ""
     try:
         if not gateway.accepting:
             raise BackendUnavailable("the gateway is shutting down")
+        if not target.under("/v1/"):
+            raise InvalidPath(f"the request path {target.path!r} is not under /v1/")
         key = auth.identify(request.headers.get("Authorization"))
         limit = request.app[MAX_BODY_KEY]
         too_large = PayloadTooLarge(f"the request body is over the limit of {limit} bytes "
@@ -170,7 +191,7 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
                     async with gateway.manager.lease(inst, progress if wants_stream else None) as lease:
                         ctx.mark_slot()
                         gateway.metrics.waited(inst.name, ctx.queue_wait_s or 0.0)
-                        await gateway.proxy.forward(request, sink, lease, request.path_qs, body, ctx)
+                        await gateway.proxy.forward(request, sink, lease, target.target, body, ctx)
                     break
                 except NotDelivered as gone:
                     # The model died before the request reached it: wait for it to come back.

@@ -7,6 +7,7 @@ import time
 import urllib.error
 import urllib.request
 from typing import Any
+from urllib.parse import urlencode
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -14,6 +15,8 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
+
+from .web.paths import name_path
 
 # The server clamps ``lines`` to this; asking for it returns the model's whole log window.
 LOG_WINDOW = 10000
@@ -218,8 +221,15 @@ def status(url: str, watch: bool = False, raw: bool = False, api_key: str | None
                 live.update(Text(f"{exc} (retrying)", style="red"))
 
 
+def _model_url(url: str, name: str, action: str) -> str:
+    try:
+        return f"{url.rstrip('/')}/gateway/models/{name_path(name)}/{action}"
+    except ValueError as exc:
+        raise ClientError(str(exc)) from None
+
+
 def admin(url: str, action: str, name: str, api_key: str | None) -> int:
-    doc = _call(f"{url.rstrip('/')}/gateway/models/{name}/{action}", "POST", api_key)
+    doc = _call(_model_url(url, name, action), "POST", api_key)
     print(f"{doc['name']}: {doc['state']}")
     return 0
 
@@ -240,7 +250,7 @@ def new_lines(seen: list[str], recent: list[str]) -> list[str]:
 
 
 def logs(url: str, name: str, lines: int, follow: bool, api_key: str | None = None) -> int:
-    endpoint = f"{url.rstrip('/')}/gateway/models/{name}/logs?lines={LOG_WINDOW}"
+    endpoint = _model_url(url, name, "logs") + "?" + urlencode({"lines": LOG_WINDOW})
 
     def fetch() -> list[str]:
         got: list[str] = _call(endpoint, api_key=api_key, timeout=10)["lines"]

@@ -10,6 +10,7 @@ _ERROR = {
     "properties": {"error": {"type": "object", "required": ["message", "type", "code"],
                              "properties": {"message": {"type": "string"},
                                             "type": {"type": "string"},
+                                            "param": {"type": ["string", "null"]},
                                             "code": {"type": ["string", "integer", "null"]}}}},
 }
 
@@ -63,11 +64,11 @@ OPENAPI: dict[str, Any] = {
         "/gateway/models/{name}/load": {"post": {
             "parameters": _MODEL_NAME,
             "responses": {**_json({"type": "object", "required": ["name", "state"]}),
-                          **_errors(401, 403, 404, 503, 504)}}},
+                          **_errors(400, 401, 403, 404, 503, 504)}}},
         "/gateway/models/{name}/unload": {"post": {
             "parameters": _MODEL_NAME,
             "responses": {**_json({"type": "object", "required": ["name", "state"]}),
-                          **_errors(401, 403, 404)}}},
+                          **_errors(400, 401, 403, 404)}}},
     },
     "components": {"schemas": {"Error": _ERROR}},
 }
