@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Final, Literal, get_args
 from urllib.parse import urlsplit
 
-from .schema import LauncherKind, NetworkMode, Replicas
+from .schema import LauncherKind, NetworkMode, Replicas, SleepLevel
 from .sizes import parse_size
 from .values import (
     Problems,
@@ -35,6 +35,7 @@ Target = Literal["model", "docker"]
 
 LAUNCHERS: Final = get_args(LauncherKind)
 NETWORKS: Final = get_args(NetworkMode)
+SLEEP_LEVELS: Final = get_args(SleepLevel)  # 0 is off
 IPC_MODES: Final = ("host", "private", "shareable", "none")
 # vLLM's --max-lora-rank accepts only these.
 LORA_RANKS: Final = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -176,9 +177,10 @@ def _sleep(problems: Problems, path: str, value: object) -> int | None:
     # YAML 1.1 reads a bare `off` as false.
     if value is False or value == "off" or (type(value) is int and value == 0):
         return 0
-    if type(value) is int and value in (1, 2):
+    if type(value) is int and value in SLEEP_LEVELS:
         return value
-    problems.add(path, f"expected off, 1 or 2, got {describe(value)}")
+    levels = [str(level) for level in SLEEP_LEVELS if level]
+    problems.add(path, f"expected off, {' or '.join(levels)}, got {describe(value)}")
     return None
 
 
