@@ -210,6 +210,25 @@ async def test_swapping_two_models_on_one_gpu_removes_the_first_container(
     assert kinds.index(("first", "stopped")) < kinds.index(("second", "starting"))
 
 
+async def test_one_image_for_every_model_set_in_defaults(
+    start_docker_gateway: StartGateway, fake_image: str, engine: aiodocker.Docker, prefix: str
+) -> None:
+    """launcher, image, args and network in ``defaults``: the models name only their size."""
+    gw = start_docker_gateway(
+        {"one": {"vram_gb": 10}, "two": {"vram_gb": 10}},
+        defaults={"launcher": "docker", "image": fake_image, "args": SERVE_ARGS,
+                  "network": "host"},
+        gpus=[{"id": 0, "vram_gb": 40}],
+    )
+    for name in ("one", "two"):
+        resp = await post_chat(gw, name)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["model"] == name
+    assert sorted(c.model or "" for c in await containers(engine, prefix)) == ["one", "two"]
+    for name in ("one", "two"):
+        assert (await model_status(gw, name))["launcher"] == "docker"
+
+
 async def test_idle_shutdown_removes_the_container(
     start_docker_gateway: StartGateway, fake_image: str, engine: aiodocker.Docker, prefix: str
 ) -> None:
