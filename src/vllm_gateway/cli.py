@@ -93,8 +93,9 @@ def _serve(config_path: str | None, text: str | None, args: argparse.Namespace,
               file=sys.stderr)
         return 1
     except Exception as exc:
+        from .cluster.nodes import ClusterError
         from .gpu import GpuDiscoveryError
-        if isinstance(exc, GpuDiscoveryError):
+        if isinstance(exc, (GpuDiscoveryError, ClusterError)):
             print(f"vllm-gateway: {exc}", file=sys.stderr)
             return 2
         raise

@@ -16,13 +16,14 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import psutil
 
 from . import planner
 from .backend_metrics import scrape_backend_metrics
+from .cluster.nodes import ClusterError
 from .config import GatewayConfig
 from .events import EventKind, EventLog
 from .gpu import GpuDiscoveryError, GpuReader, NullGpuReader, NvmlReader, inventory, open_nvml
@@ -39,6 +40,10 @@ from .runtime.monitor import Monitor
 from .runtime.sleep_api import HttpSleepControl, SleepControl
 from .runtime.status import status as runtime_status
 from .runtime.transitions import Services
+
+if TYPE_CHECKING:
+    from .cluster.inventory import Inventory
+    from .cluster.ray_cluster import RayCluster
 
 log = logging.getLogger("vllm_gateway")
 
@@ -62,11 +67,18 @@ def _docker_launcher(gw: Gateway) -> Launcher:
     return DockerLauncher(gw.config.container_prefix, gw.instance_id)
 
 
+def _ray_launcher(gw: Gateway) -> Launcher:
+    from .launchers.ray import RayLauncher
+    assert gw.cluster is not None and gw.inventory is not None
+    return RayLauncher(gw.cluster, gw.inventory)
+
+
 # Which launchers a gateway builds, by the name models give in `launcher:`. Those no model
 # names are not built (Docker's client, for one, wants an engine).
 LAUNCHERS: dict[str, Callable[[Gateway], Launcher]] = {
     "subprocess": _subprocess_launcher,
     "docker": _docker_launcher,
+    "ray": _ray_launcher,
 }
 
 
@@ -92,6 +104,9 @@ class Gateway:
         self._monitor: Monitor | None = None
         self._proxy: Proxy | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # The Ray cluster this gateway drives (launcher: ray, gpus: ray), and its GPUs.
+        self.cluster: RayCluster | None = None
+        self.inventory: Inventory | None = None
         self.state_dir = Path(config.state_dir) if config.state_dir else default_state_dir()
         self.instance_id = hashlib.sha1(
             f"{config.server.host}:{config.server.port}".encode()).hexdigest()[:12]
@@ -106,8 +121,43 @@ class Gateway:
         assert self._proxy is not None, "the gateway has not started"
         return self._proxy
 
+    def _uses_ray(self) -> bool:
+        return self.config.gpus == "ray" or any(
+            m.launcher == "ray" for m in self.config.models.values() if m.managed)
+
+    async def _open_ray(self) -> None:
+        """Join the cluster as a driver and take stock of its nodes; a ClusterError that
+        names the key at fault when it cannot be used."""
+        from .cluster.inventory import Inventory
+        from .cluster.ray_cluster import RayCluster
+
+        self.cluster = RayCluster(self.config.ray)
+        self.cluster.connect()
+        self.inventory = Inventory(self.cluster, self.config.ray.gpu_vram_gb, self._on_inventory)
+        await self.inventory.refresh(strict=True)
+        if self.config.gpus != "ray":
+            return
+        widest = self.inventory.max_gpus_per_node()
+        for model in self.config.models.values():
+            if model.managed and model.vram_gb > 0 and model.gpu_count > widest:
+                raise ClusterError(
+                    f"models.{model.name}.gpu_count: {model.gpu_count} GPUs on one node, but the "
+                    f"largest node of the Ray cluster at {self.config.ray.address!r} has {widest} "
+                    "(a model's GPUs are always on one node)")
+
+    def _on_inventory(self, gpus: list[planner.Gpu], causes: Mapping[str, str]) -> None:
+        from .runtime.nodes import set_gpus
+
+        for cause in causes.values():
+            self.events.add("-", EventKind.NODE, cause)
+        if self._manager is not None and self.config.gpus == "ray":
+            set_gpus(self._manager, gpus, causes)
+
     def _open_gpus(self) -> list[planner.Gpu]:
         gpus = self.config.gpus
+        if gpus == "ray":
+            assert self.inventory is not None
+            return self.inventory.gpus()
         if gpus == "auto" or self._nvml_module is not None:
             try:
                 reader = (NvmlReader(self._nvml_module) if self._nvml_module is not None
@@ -134,6 +184,8 @@ class Gateway:
         return {kind: make(self) for kind, make in LAUNCHERS.items() if kind in wanted}
 
     async def start(self) -> None:
+        if self._uses_ray():
+            await self._open_ray()
         gpus = self._open_gpus()
         pool = self.config.http_pool_size or max(
             sum(m.max_concurrent for m in self.config.models.values()), 100)
@@ -167,6 +219,8 @@ class Gateway:
         self._proxy = Proxy(self.session, self.config.retry, self.metrics)
         self.metrics.watch(self.status)
         self._monitor.start()
+        if self.inventory is not None:
+            self.inventory.start()
         self._tasks.append(asyncio.create_task(self._manager.preload()))
         self.accepting = True
         log.info("gateway ready: %d models, GPUs %s", len(self.config.models),
@@ -187,6 +241,8 @@ class Gateway:
         self.shutting_down = True
         if self._monitor is not None:
             await self._monitor.stop()
+        if self.inventory is not None:
+            await self.inventory.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -200,6 +256,8 @@ class Gateway:
                 await session.close()
         with contextlib.suppress(Exception):
             self.gpus_reader.close()
+        if self.cluster is not None:
+            self.cluster.close()
 
     async def probe(self, url: str, timeout_s: float) -> bool:
         assert self.probe_session is not None
@@ -215,6 +273,10 @@ class Gateway:
                                else {"gpus": [], "models": [], "host_memory": None})
         for model in doc["models"]:
             model["recent"] = self.metrics.recent.summary(model["name"])
+        if self.inventory is not None:
+            ips = self.inventory.node_ips()
+            for entry in (*doc["gpus"], *doc["models"]):
+                entry["node_ip"] = ips.get(entry.get("node") or "")
         doc["accepting"] = self.accepting
         doc["uptime_s"] = round(time.time() - self.started_at, 1)
         return doc

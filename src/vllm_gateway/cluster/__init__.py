@@ -1,0 +1,1 @@
+"""The gateway as a driver of a Ray cluster: the connection, the nodes and their GPUs."""
