@@ -1,14 +1,18 @@
-"""The trace benchmark's pure generator: seeded, and shaped as TRACES.md describes."""
+"""The trace benchmark's pure parts: the generator (seeded, shaped as TRACES.md describes) and
+the status watch that tells an over-committed GPU."""
 
 from __future__ import annotations
 
 import itertools
+import os
 import random
 import statistics
+from typing import Any
 
 import pytest
 
 from bench.trace import costs, shapes
+from bench.trace.gateway import Watch
 from bench.trace.workloads import FULL_DURATION_S, WORKLOADS, agents, skewed, team
 
 
@@ -105,3 +109,22 @@ def test_costs_follow_the_published_figures() -> None:
     assert costs.decode_tok_s(16) == 80 and costs.decode_tok_s(40) == 40
     assert costs.prefill_tok_s(16) == 10_000 and costs.prefill_tok_s(32) == 5_000
     assert costs.service_s(16, 1000, 80) == pytest.approx(1.1)
+
+
+def _status(used_gb: float, *models: tuple[str, str, float]) -> dict[str, Any]:
+    own = os.getpid()  # a live pid: the watch counts only models whose process runs
+    return {"gpus": [{"id": 0, "vram_gb": 48, "used_gb": used_gb}],
+            "models": [{"name": n, "state": s, "vram_gb": v, "gpus": [0], "pid": own,
+                        "in_flight": 0} for n, s, v in models]}
+
+
+def test_a_wake_ahead_of_its_room_is_accounting_not_over_commitment() -> None:
+    # The gateway counts the waker in full while the model making room still drains.
+    status = _status(56, ("ready", "ready", 16), ("drain", "draining", 16),
+                     ("a", "sleeping", 2), ("b", "sleeping", 2), ("waker", "waking", 20))
+    watch = Watch()
+    watch.check(status, 16, frozenset({"waker"}))
+    assert watch.overcommits == [] and len(watch.accounting) == 1
+    # Once its server has begun to wake, the same reading is an over-commitment.
+    watch.check(status, 16)
+    assert len(watch.overcommits) == 2 and len(watch.accounting) == 1

@@ -1,9 +1,5 @@
-"""The fake backend's sleep-mode and runtime-LoRA endpoints, against a real process.
-
-They mirror what vLLM 0.32 does over HTTP (measured on its CPU build): the
-endpoints exist only with their environment switch, ``/sleep`` reads its level
-and mode from the query string only, a request sent while asleep is held until
-the wake, and an adapter needs a folder with ``adapter_config.json``.
+"""The fake backend's sleep-mode and runtime-LoRA endpoints against a real process, as vLLM
+0.32 answers them over HTTP (measured on its CPU build; see the fake's engine and lora modules).
 """
 
 from __future__ import annotations
@@ -111,13 +107,8 @@ async def answer(http: aiohttp.ClientSession, b: Backend, model: str = NAME) -> 
     return text
 
 
-SLEEP_PATHS = [
-    ("POST", "/sleep?level=1"),
-    ("POST", "/wake_up"),
-    ("GET", "/is_sleeping"),
-    ("POST", "/collective_rpc"),
-    ("POST", "/reset_prefix_cache"),
-]
+SLEEP_PATHS = [("POST", "/sleep?level=1"), ("POST", "/wake_up"), ("GET", "/is_sleeping"),
+               ("POST", "/collective_rpc"), ("POST", "/reset_prefix_cache")]
 LORA_PATHS = [("POST", "/v1/load_lora_adapter"), ("POST", "/v1/unload_lora_adapter")]
 
 
@@ -246,6 +237,30 @@ async def test_the_wake_delay_is_paid_once_per_sleep(
     assert loop.time() - started < 0.5
 
 
+async def test_stats_say_when_a_sleeper_holds_its_memory_again(
+    backend: Callable[..., Backend], http: aiohttp.ClientSession
+) -> None:
+    b = backend(DEV, "--wake-delay", "0.5")
+
+    async def stats() -> dict[str, Any]:
+        found: dict[str, Any] = (await call(http, "GET", f"{b.url}/fake/stats"))[1]
+        return found
+
+    assert (await stats())["resident"] is True
+    await call(http, "POST", f"{b.url}/sleep?level=2")
+    assert (await stats())["resident"] is False
+    # From the moment a wake begins the memory is coming back, though it still sleeps.
+    waking = asyncio.create_task(call(http, "POST", f"{b.url}/wake_up?tags=weights"))
+
+    async def resident_while_asleep() -> None:
+        while not ((s := await stats())["resident"] and s["is_sleeping"]):
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(resident_while_asleep(), PROMPT_S)
+    await waking
+    assert (await stats())["resident"] is True and await is_sleeping(http, b)
+
+
 async def test_a_silent_failure_answers_200_and_changes_nothing(
     backend: Callable[..., Backend], http: aiohttp.ClientSession
 ) -> None:
@@ -340,7 +355,7 @@ async def test_adapters_answer_apart_from_the_base_and_from_each_other(
     assert await answer(http, b) == base
 
 
-async def test_a_rank_above_max_lora_rank_is_refused_and_the_server_keeps_serving(
+async def test_a_rank_above_max_lora_rank_or_lora_off_is_refused_and_the_base_serves(
     backend: Callable[..., Backend], http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     b = backend(LORA, "--enable-lora", "--max-lora-rank", "8")
@@ -351,13 +366,8 @@ async def test_a_rank_above_max_lora_rank_is_refused_and_the_server_keeps_servin
     await answer(http, b)
     _, models = await call(http, "GET", f"{b.url}/v1/models")
     assert [card["id"] for card in models["data"]] == [NAME]
-
-
-async def test_without_enable_lora_a_load_is_a_worker_error(
-    backend: Callable[..., Backend], http: aiohttp.ClientSession, tmp_path: Path
-) -> None:
-    b = backend(LORA)
-    status, body = await load(http, b, "ad1", adapter(tmp_path / "ad1"))
+    # Without --enable-lora, a load is the worker's error too.
+    status, body = await load(http, backend(LORA), "ad1", adapter(tmp_path / "ad1"))
     assert status == 500 and "LoRA is not enabled" in body["error"]["message"]
 
 

@@ -79,7 +79,8 @@ def _with(doc: dict[str, Any], defaults: dict[str, Any] | None = None, **top: An
 
 
 def sleep_on(workload: Workload, backend: Backend, scale: float) -> dict[str, Any]:
-    return _with(base(workload, backend, scale), {"sleep": 1},
+    return _with(base(workload, backend, scale),
+                 {"sleep": 1, "sleep_vram_gb": costs.SLEEP_RESIDUAL_GB},
                  host_memory_gb=workload.host_ram_gb * HOST_RAM_SHARE)
 
 

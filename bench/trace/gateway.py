@@ -23,6 +23,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..procs import LOOPBACK, Child, ChildFailed, Processes, free_port, port_open
+from . import costs
 
 # Memory a model holds in each state (sleeping: its residual, read from status where known).
 FULL_STATES = frozenset({"starting", "ready", "draining", "stopping", "waking", "unhealthy"})
@@ -83,10 +84,18 @@ class Watch:
     # (wall time, model, expected_load_s) whenever a model's expected load time changed
     expected_load: list[tuple[float, str, float | None]] = field(default_factory=list)
     sleep_enabled: set[str] = field(default_factory=set)  # models whose status shows sleep on
+    # The gateway's own used_gb read over a GPU while only a wake's claim was ahead of the room
+    # being made (the waking server still asleep): its accounting, not the card, went over.
+    accounting: list[str] = field(default_factory=list)
+    sleep_residual_gb: float = costs.SLEEP_RESIDUAL_GB
 
-    def check(self, status: dict[str, Any], max_concurrent: int) -> None:
+    def check(self, status: dict[str, Any], max_concurrent: int,
+              still_asleep: frozenset[str] = frozenset()) -> None:
+        """``still_asleep``: waking models whose servers have not begun to wake (hold only
+        their residual)."""
         self.polls += 1
         placed: dict[object, float] = {}
+        early: dict[object, float] = {}  # per GPU: what the gateway counts before the wake began
         for model in status.get("models", []):
             name = str(model["name"])
             self._expected(name, model.get("expected_load_s"))
@@ -100,16 +109,24 @@ class Watch:
             # What holds GPU memory is a live server process; a start waiting for its room
             # has none yet, and a stopped server's shows until its group is gone.
             live = _alive(model.get("pid"))
-            held = float(model.get("vram_gb") or 0) if state in FULL_STATES and live else 0.0
+            full = state in FULL_STATES and live and name not in still_asleep
+            held = float(model.get("vram_gb") or 0) if full else 0.0
             for gpu in model.get("gpus") or []:
                 placed[gpu] = placed.get(gpu, 0.0) + held
+                if name in still_asleep and state == "waking":
+                    early[gpu] = (early.get(gpu, 0.0) + float(model.get("vram_gb") or 0)
+                                  - self.sleep_residual_gb)
         for gpu in status.get("gpus", []):
-            total = float(gpu["vram_gb"])
-            for what, used in (("used_gb", float(gpu.get("used_gb") or 0)),
-                               ("models placed", placed.get(gpu["id"], 0.0))):
-                if used > total + 1e-6:
-                    self.overcommits.append(f"GPU {gpu['id']}: {what} {used:g} > {total:g} GB "
-                                            f"({_holders(status, gpu['id'])})")
+            total, gid = float(gpu["vram_gb"]), gpu["id"]
+            used = float(gpu.get("used_gb") or 0)
+            for what, value in (("used_gb", used - early.get(gid, 0.0)),
+                                ("models placed", placed.get(gid, 0.0))):
+                if value > total + 1e-6:
+                    self.overcommits.append(f"GPU {gid}: {what} {value:g} > {total:g} GB "
+                                            f"({_holders(status, gid)})")
+            if used > total + 1e-6 and used - early.get(gid, 0.0) <= total + 1e-6:
+                self.accounting.append(f"GPU {gid}: used_gb {used:g} > {total:g} GB while a "
+                                       f"wake waited for its room ({_holders(status, gid)})")
 
     def _expected(self, name: str, value: object) -> None:
         current = float(value) if isinstance(value, (int, float)) else None
@@ -148,13 +165,29 @@ async def poll_status(base_url: str, watch: Watch, max_concurrent: int, interval
         while not stop.is_set():
             try:
                 async with session.get(f"{base_url}/gateway/status") as resp:
-                    watch.check(await resp.json(), max_concurrent)
+                    status = await resp.json()
+                watch.check(status, max_concurrent, await _still_asleep(session, status))
             except (TimeoutError, aiohttp.ClientError, ValueError):
                 pass  # a missed poll is not a finding; the next one comes soon
             try:
                 await asyncio.wait_for(stop.wait(), interval_s)
             except TimeoutError:
                 pass
+
+
+async def _still_asleep(session: aiohttp.ClientSession, status: dict[str, Any]) -> frozenset[str]:
+    """Waking models whose fake servers have not begun the wake (no /wake_up reached them)."""
+    found = set()
+    for model in status.get("models", []):
+        if model.get("state") != "waking" or not model.get("port"):
+            continue
+        try:
+            async with session.get(f"http://{LOOPBACK}:{model['port']}/fake/stats") as resp:
+                if (await resp.json()).get("resident") is False:
+                    found.add(str(model["name"]))
+        except (TimeoutError, aiohttp.ClientError, ValueError):
+            continue  # unknown: counted in full
+    return frozenset(found)
 
 
 def read_metrics(base_url: str) -> dict[str, dict[str, float]]:

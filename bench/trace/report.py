@@ -52,6 +52,8 @@ def table(workload: str, rows: Mapping[str, Mapping[str, Any]]) -> str:
         answers = f"{row['complete']}/{row['expected_requests']}"
         if row["overcommits"]:
             answers += ", OVER-COMMITTED"
+        if row.get("accounting_over", {}).get("polls"):
+            answers += f", status over the GPU in {row['accounting_over']['polls']} polls"
         lines.append("| " + " | ".join([label, *cells, _room(row), answers]) + " |")
     return "\n".join(lines)
 

@@ -79,7 +79,7 @@ def run_one(workload: Workload, config: Configuration, backend: Backend, scale: 
     def expected_load(model: str, sent: float) -> float | None:
         return watch.expected_at(model, t0 + sent)
 
-    observed = Observed(metrics, watch.overcommits, watch.polls, expected_load)
+    observed = Observed(metrics, watch.overcommits, watch.polls, expected_load, watch.accounting)
     row = summarize(workload, records, observed, scale, config.bounded, backend.startup_timeout_s)
     ignored = _sleep_ignored(config, watch.sleep_enabled)
     row.update({"status": "ok" if not ignored else "not available yet", "note": ignored,

@@ -28,6 +28,8 @@ class Observed:
     polls: int
     # model, wall time from the replay's start -> expected load time (wall s) then, or None
     expected_load: Callable[[str, float], float | None]
+    # Polls where only the gateway's accounting read over a GPU (a wake ahead of its room).
+    accounting: Sequence[str] = ()
 
 
 def _pct(values: Sequence[float], pct: float) -> float | None:
@@ -103,6 +105,8 @@ def summarize(workload: Workload, records: Sequence[Record], observed: Observed,
         "wait_p50_s": _pct([w for values in waits.values() for w in values], 50),
         "max_wait_for_room": {**worst, "over_bound": int(over_bound) if bounded else None},
         "overcommits": list(observed.overcommits)[:10],
+        "accounting_over": {"polls": len(observed.accounting),
+                            "first": list(observed.accounting)[:3]},
         "status_polls": observed.polls,
         "latencies_s": latency,
     }

@@ -303,6 +303,7 @@ async def fake_stats(request: web.Request) -> web.Response:
         worker_pid=state.worker_pid,
         held=engine.held,
         is_sleeping=engine.is_sleeping,
+        resident=engine.resident,
         sleeps=engine.sleeps,
         full_wakes=engine.full_wakes,
     )

@@ -64,6 +64,8 @@ class Engine:
         self._wake_paid = True
         self.sleeps = 0
         self.full_wakes = 0
+        # A wake is paying its delay: on a GPU the memory is coming back meanwhile.
+        self._waking = False
         self.running: set[Generation] = set()
         # Requests waiting for the engine, not yet counted as running (vLLM's
         # metrics show them neither as running nor as waiting).
@@ -77,6 +79,11 @@ class Engine:
     @property
     def is_sleeping(self) -> bool:
         return self.level is not None
+
+    @property
+    def resident(self) -> bool:
+        """Whether a GPU server would hold its full memory now: awake, or a wake has begun."""
+        return self.level is None or self._waking or self._asleep != set(TAGS)
 
     @property
     def is_open(self) -> bool:
@@ -157,8 +164,12 @@ class Engine:
             wanted = set(TAGS) if tags is None else set(tags) & set(TAGS)
             if not wanted:
                 return False
-            if not self._wake_paid and self._settings.wake_delay > 0:
-                await asyncio.sleep(self._settings.wake_delay)
+            self._waking = True
+            try:
+                if not self._wake_paid and self._settings.wake_delay > 0:
+                    await asyncio.sleep(self._settings.wake_delay)
+            finally:
+                self._waking = False
             fail = self._settings.fail_wake
             if fail == "error":
                 raise OperationFailed("wake failed (--fail-wake=error)")
