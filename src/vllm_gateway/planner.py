@@ -19,27 +19,33 @@ Three extensions keep those rules and narrow where they apply:
 
 * **sleep tier.** An idle model that may sleep frees ``vram_gb - sleep_gb`` by sleeping and keeps
   its process; a sleeping model still holds ``sleep_gb`` and frees it only by being stopped. The
-  plan is tried in three rounds, and the first that finds room wins: (a) put idle models to
-  sleep, sleepers stay; (b) also stop sleepers; (c) stop any idle model. A wake costs seconds and
-  a cold start a minute, so a plan that sleeps more models beats one that stops fewer.
+  plan is tried in up to three rounds, and the first that finds room wins: (a) sleepers stay,
+  idle models that may sleep are put to sleep and other idle models stopped; (b) sleepers may be
+  stopped too; (c) idle models that may sleep may be stopped as well. A wake costs seconds and
+  a cold start a minute, so a plan that sleeps more models beats one that stops fewer. A stopped
+  sleeper frees memory but no model slot (``max_loaded`` counts awake models).
 * **reload costs.** "Least recently used" is refined by what it costs to bring a model back
   (expected load time × recent request rate, given by the caller): among sets of the same size,
   the cheapest to bring back goes, and recency only breaks ties.
 * **nodes and GPU sets.** A model's GPUs are always on one node (tensor parallelism stays inside
   a machine), and only on the GPUs it allows; each node is planned alone and the best node wins.
+* **replicas.** Each server of a model is its own ``Loaded`` entry. :func:`plan_replica` places one
+  more: its siblings are never evicted for it and it never shares a GPU with one of them (a second
+  server on a GPU adds memory, not compute); with ``evict=False`` nothing at all is evicted (a
+  default model comes back only into free room).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeAlias
 
 from .eviction_search import EPSILON_GB, Problem, best_fit, fewest_evictions, spare_recent
 
 __all__ = ["EPSILON_GB", "Decision", "EvictThenPlace", "Gpu", "Impossible", "Loaded", "Need",
-           "NoRoom", "Place", "gpu_memory_utilization", "plan", "used_gb"]
+           "NoRoom", "Place", "gpu_memory_utilization", "plan", "plan_replica", "used_gb"]
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,28 @@ def plan(
     return _best_of(decisions, loaded, need)
 
 
+def plan_replica(
+    gpus: Sequence[Gpu], loaded: Sequence[Loaded], need: Need, max_loaded: int | None,
+    siblings: frozenset[str] = frozenset(), evict: bool = True,
+) -> Decision:
+    """:func:`plan` for one server of a model whose other servers are ``siblings`` (names in
+    ``loaded``); see the module's docstring. When only the GPUs its siblings hold could take it,
+    it waits for them (NoRoom naming them) rather than being impossible."""
+    fixed = [replace(m, evictable=False) if m.evictable and (not evict or m.name in siblings)
+             else m for m in loaded]
+    held = frozenset(g for m in loaded if m.name in siblings for g in m.gpu_ids)
+    if not held or need.gpu_count == 0 or need.vram_gb == 0:
+        return plan(gpus, fixed, need, max_loaded)
+    allowed = need.allowed_gpus if need.allowed_gpus is not None else frozenset(g.id for g in gpus)
+    decision = plan(gpus, fixed, replace(need, allowed_gpus=allowed - held), max_loaded)
+    if isinstance(decision, Impossible) and not isinstance(plan(gpus, fixed, need, max_loaded),
+                                                           Impossible):
+        holders = tuple(sorted(m.name for m in loaded if m.name in siblings))
+        return NoRoom(holders, f"no room for {_needs_text(need)}: the GPUs it may use are held "
+                               f"by its other replicas {', '.join(holders)}")
+    return decision
+
+
 def _best_of(decisions: Sequence[Decision], loaded: Sequence[Loaded], need: Need) -> Decision:
     """The best node's decision: a placement over a wait over never; fewer evictions, fewer stops,
     then the set that spares valuable models; earlier nodes on ties."""
@@ -228,40 +256,86 @@ def _plan_rounds(
     may_sleep = any(m.evictable and m.sleep_gb is not None and not m.asleep for m in loaded)
     has_sleepers = any(m.asleep for m in loaded)
     rounds: list[tuple[bool, bool]] = []  # (idle models sleep, sleepers may be stopped)
-    if may_sleep:
-        rounds.append((True, False))
+    if may_sleep or has_sleepers:
+        rounds.append((may_sleep, False))
     if has_sleepers:
         rounds.append((may_sleep, True))
     if not rounds or may_sleep:
         rounds.append((False, True))
     last: Decision | None = None
     for sleep_idle, stop_sleepers in rounds:
-        fixed: list[Loaded] = []
-        items: list[Loaded] = []
-        sleeping: set[str] = set()
-        for model in loaded:
-            # A stopped sleeper frees no model slot, so a count limit never picks one.
-            if not model.evictable or (model.asleep and (not stop_sleepers or over > 0)):
-                fixed.append(model)
-            elif sleep_idle and model.sleep_gb is not None and not model.asleep:
-                freed = max(model.vram_gb - model.sleep_gb, 0.0)
-                items.append(Loaded(model.name, model.gpu_ids, freed, model.last_used, True,
-                                    reload_cost=model.reload_cost))
-                fixed.append(Loaded(model.name, model.gpu_ids, model.vram_gb - freed,
-                                    model.last_used, False))
-                sleeping.add(model.name)
-            else:
-                items.append(model)
-        busy = [m for m in loaded if not m.evictable]
-        decision = _plan_on(gpus, fixed, items, need, over, max_loaded, busy)
-        if isinstance(decision, EvictThenPlace) and sleeping:
-            slept = tuple(name for name in decision.evict if name in sleeping)
-            decision = EvictThenPlace(decision.evict, decision.gpu_ids, slept)
+        decision = _round(gpus, loaded, need, over, max_loaded, sleep_idle, stop_sleepers)
         if isinstance(decision, (Place, EvictThenPlace, Impossible)):
             return decision
         last = decision
     assert last is not None
     return last
+
+
+def _round(
+    gpus: Sequence[Gpu], loaded: Sequence[Loaded], need: Need, over: int, max_loaded: int | None,
+    sleep_idle: bool, stop_sleepers: bool,
+) -> Decision:
+    """One round. A stopped sleeper frees memory but no slot, so under a count limit it is planned
+    twice, with sleepers kept and with sleepers stopped for memory and slots freed by awake
+    models added after (``_with_slots``); fewer evictions win."""
+    counted = _round_once(gpus, loaded, need, over, max_loaded, sleep_idle,
+                          stop_sleepers and over == 0)
+    if over == 0 or not stop_sleepers or not any(m.asleep and m.evictable for m in loaded):
+        return counted
+    for_memory = _with_slots(
+        _round_once(gpus, loaded, need, 0, max_loaded, sleep_idle, True),
+        loaded, need, over, max_loaded, sleep_idle)
+    placed = [d for d in (counted, for_memory) if isinstance(d, EvictThenPlace)]
+    return min(placed, key=lambda d: (len(d.evict), len(d.evict) - len(d.sleep)), default=counted)
+
+
+def _with_slots(decision: Decision, loaded: Sequence[Loaded], need: Need, over: int,
+                max_loaded: int | None, sleep_idle: bool) -> Decision:
+    """Add the least valuable awake idle models to a memory-valid plan until ``over`` slots are
+    free (evicting more never takes memory away, so the plan stays valid)."""
+    if not isinstance(decision, (Place, EvictThenPlace)):
+        return decision
+    evict, sleep = (decision.evict, decision.sleep) if isinstance(decision, EvictThenPlace) \
+        else ((), ())
+    by_name = {model.name: model for model in loaded}
+    short = over - sum(1 for name in evict if not by_name[name].asleep)
+    if short <= 0:
+        return decision
+    spare = sorted((m for m in loaded if m.evictable and not m.asleep and m.name not in evict),
+                   key=_lru_key)[:short]
+    if len(spare) < short:
+        return _count_no_room(need, [m for m in loaded if not m.evictable], max_loaded or 0)
+    extra = tuple(m.name for m in spare)
+    slept = tuple(m.name for m in spare if sleep_idle and m.sleep_gb is not None)
+    return EvictThenPlace((*evict, *extra), decision.gpu_ids, (*sleep, *slept))
+
+
+def _round_once(
+    gpus: Sequence[Gpu], loaded: Sequence[Loaded], need: Need, over: int, max_loaded: int | None,
+    sleep_idle: bool, stop_sleepers: bool,
+) -> Decision:
+    fixed: list[Loaded] = []
+    items: list[Loaded] = []
+    sleeping: set[str] = set()
+    for model in loaded:
+        if not model.evictable or (model.asleep and not stop_sleepers):
+            fixed.append(model)
+        elif sleep_idle and model.sleep_gb is not None and not model.asleep:
+            freed = max(model.vram_gb - model.sleep_gb, 0.0)
+            items.append(Loaded(model.name, model.gpu_ids, freed, model.last_used, True,
+                                reload_cost=model.reload_cost))
+            fixed.append(Loaded(model.name, model.gpu_ids, model.vram_gb - freed,
+                                model.last_used, False))
+            sleeping.add(model.name)
+        else:
+            items.append(model)
+    busy = [m for m in loaded if not m.evictable]
+    decision = _plan_on(gpus, fixed, items, need, over, max_loaded, busy)
+    if isinstance(decision, EvictThenPlace) and sleeping:
+        slept = tuple(name for name in decision.evict if name in sleeping)
+        decision = EvictThenPlace(decision.evict, decision.gpu_ids, slept)
+    return decision
 
 
 def _plan_on(
