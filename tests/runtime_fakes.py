@@ -10,7 +10,7 @@ from typing import Any
 from vllm_gateway import planner
 from vllm_gateway.config import GatewayConfig, ModelConfig
 from vllm_gateway.events import EventLog
-from vllm_gateway.gpu import NullGpuReader
+from vllm_gateway.gpu import GpuReader, NullGpuReader
 from vllm_gateway.launchers.fake import FakeLauncher
 from vllm_gateway.metrics import Metrics
 from vllm_gateway.runtime.clock import Clock, SystemClock
@@ -20,6 +20,7 @@ from vllm_gateway.runtime.manager import Manager
 from vllm_gateway.runtime.monitor import Monitor
 from vllm_gateway.runtime.sleep_api import SleepError
 from vllm_gateway.runtime.transitions import Services
+from vllm_gateway.runtime.vram import MeasuredVram
 
 
 @dataclass
@@ -83,14 +84,24 @@ class FakeLora:
 def make_manager(models: dict[str, float], gpus: list[float] | None = None,
                  auto_healthy: bool = True, clock: Clock | None = None,
                  sleeper: FakeSleep | None = None, host_gb: float = 1000.0,
-                 max_loaded: int | None = None, lora: FakeLora | None = None, **kw: Any) -> tuple[Manager, FakeLauncher]:
+                 max_loaded: int | None = None, lora: FakeLora | None = None,
+                 gpus_reader: GpuReader | None = None, vram: MeasuredVram | None = None,
+                 per_model: dict[str, dict[str, Any]] | None = None,
+                 **kw: Any) -> tuple[Manager, FakeLauncher]:
+    """``kw`` are ModelConfig fields of every model; ``per_model`` those of one model."""
     launcher = FakeLauncher(auto_healthy)
+    per_model = per_model or {}
     config = GatewayConfig(
-        models={n: ModelConfig(name=n, command=("x",), vram_gb=v, **kw) for n, v in models.items()},
+        models={n: ModelConfig(name=n, command=("x",), vram_gb=v, **{**kw, **per_model.get(n, {})})
+                for n, v in models.items()},
         max_loaded_models=max_loaded)
     svc = Services(config=config, launchers={"subprocess": launcher}, events=EventLog(),
-                   metrics=Metrics(), probe=launcher.probe, gpus_reader=NullGpuReader(),
-                   sleep=sleeper or FakeSleep(), lora=lora or FakeLora(), clock=clock or SystemClock(), costs=LoadCosts())
+                   metrics=Metrics(), probe=launcher.probe,
+                   gpus_reader=gpus_reader or NullGpuReader(),
+                   sleep=sleeper or FakeSleep(), lora=lora or FakeLora(), clock=clock or SystemClock(), costs=LoadCosts(),
+                   vram=vram or MeasuredVram(),
+                   # The fake launcher's pids are no processes: a server's group is its pid.
+                   group_pids=lambda pid: [pid])
     gpu_list = [planner.Gpu(i, t) for i, t in enumerate(gpus or [])]
     manager = Manager(svc, gpu_list, host_gb)
     Monitor(manager, _no_scrape)  # watches launched servers; its loops are not started here
@@ -102,7 +113,7 @@ async def _no_scrape(base_url: str, name: str) -> None:
 
 
 async def settle(manager: Manager) -> None:
-    for inst in manager.instances.values():
+    for inst in list(manager.replicas()):
         while inst.transition is not None and not inst.transition.done():
             await asyncio.gather(inst.transition, return_exceptions=True)
 

@@ -27,6 +27,8 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 
+from .errors import TooManyRequests
+
 log = logging.getLogger(__name__)
 
 # Weight of the newest slot hold time in the moving average behind Retry-After.
@@ -37,8 +39,12 @@ RETRY_AFTER_MIN_S = 1
 RETRY_AFTER_MAX_S = 60
 
 
-class QueueFull(Exception):
-    """The model's waiting room is full; the request was not admitted (nothing was counted)."""
+class QueueFull(TooManyRequests):
+    """The model's waiting room is full; the request was not admitted (nothing was counted).
+
+    The client's 429, with ``Retry-After`` from ``retry_after_s`` (which the manager
+    may still raise, for a model that is loading, before the answer goes out).
+    """
 
     def __init__(
         self,
@@ -50,16 +56,25 @@ class QueueFull(Exception):
         queued: int,
         retry_after_s: int,
     ) -> None:
+        super().__init__(
+            f"model {model} is at its limits: {in_flight} in flight (max_concurrent "
+            f"{max_concurrent}) and {queued} queued (max_queue {max_queue}); retry later"
+        )
         self.model = model
         self.max_concurrent = max_concurrent
         self.max_queue = max_queue
         self.in_flight = in_flight
         self.queued = queued
         self.retry_after_s = retry_after_s
-        super().__init__(
-            f"model {model!r} is at capacity: {in_flight}/{max_concurrent} in flight, "
-            f"{queued} queued (max_queue {max_queue}); retry after {retry_after_s}s"
-        )
+
+    @property
+    def retry_after_s(self) -> int:
+        return self._retry_after_s
+
+    @retry_after_s.setter
+    def retry_after_s(self, seconds: int) -> None:
+        self._retry_after_s = seconds
+        self.headers["Retry-After"] = str(seconds)
 
 
 class TicketState(enum.Enum):
@@ -226,8 +241,9 @@ class Limiter:
         if max_concurrent == self._max_concurrent:
             return
         self._max_concurrent = max_concurrent
-        self._hand_over()
-        self._changed()
+        if self._waiters:  # not idle then, so the moment it last became idle stays as it was
+            self._hand_over()
+            self._changed()
 
     def admit(self) -> AbstractAsyncContextManager[Ticket]:
         """Context holding one ticket; entering raises QueueFull when there is no room."""

@@ -40,6 +40,7 @@ from .runtime.monitor import Monitor
 from .runtime.sleep_api import HttpSleepControl, SleepControl
 from .runtime.status import status as runtime_status
 from .runtime.transitions import Services
+from .runtime.vram import MeasuredVram
 
 if TYPE_CHECKING:
     from .cluster.inventory import Inventory
@@ -211,7 +212,8 @@ class Gateway:
             sleep=self._sleep_override or HttpSleepControl(self.probe_session),
             lora=HttpLoraControl(self.probe_session),
             clock=self.clock,
-            costs=LoadCosts(self.state_dir / f"load-costs-{self.config.server.port}.json"))
+            costs=LoadCosts(self.state_dir / f"load-costs-{self.config.server.port}.json"),
+            vram=MeasuredVram(self.state_dir / f"measured-vram-{self.config.server.port}.json"))
         self._manager = Manager(svc, gpus, self._host_total_gb())
         probe_session = self.probe_session
         self._monitor = Monitor(self._manager,

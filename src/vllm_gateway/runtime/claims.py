@@ -66,15 +66,15 @@ class Claims:
 
     # -- planner inputs -------------------------------------------------------------------
 
-    def _loaded(self, exclude: Instance, evictable: frozenset[str] = frozenset(),
-                nobody: bool = False) -> list[planner.Loaded]:
-        """Every replica holding memory but ``exclude``; with ``nobody``, none evictable."""
+    def _loaded(self, exclude: Instance, evictable: frozenset[str] = frozenset()
+                ) -> list[planner.Loaded]:
+        """Every replica holding memory but ``exclude``."""
         now = self.m.svc.clock.now()
         accounted = bool(self.m.gpus)
         return [
             planner.Loaded(
                 i.key, i.placement, i.held_gb() if accounted else 0.0, i.last_used_mono,
-                not nobody and i.name != exclude.name and (i.evictable() or i.key in evictable),
+                i.evictable() or i.key in evictable,
                 sleep_gb=i.cfg.sleep_vram_gb if i.cfg.sleep and i.state is State.READY else None,
                 asleep=i.state is State.SLEEPING,
                 reload_cost=self._reload_cost(i, now))
@@ -91,18 +91,14 @@ class Claims:
             # A wake needs its whole size again, on the GPUs it sleeps on.
             return planner.Need(inst.key, inst.vram_gb, len(inst.placement),
                                 frozenset(inst.placement))
-        siblings = {g for r in self.m.models[inst.name].replicas
-                    if r is not inst and r.placement for g in r.placement}
         allowed = frozenset(cfg.gpu_ids) if cfg.gpu_ids is not None else None
-        if siblings:
-            allowed = (allowed if allowed is not None
-                       else frozenset(g.id for g in self.m.gpus)) - siblings
         return planner.Need(inst.key, vram, cfg.gpu_count, allowed)
 
     def _plan(self, inst: Instance, evictable: frozenset[str] = frozenset(),
               nobody: bool = False) -> planner.Decision:
-        return planner.plan(self.m.gpus, self._loaded(inst, evictable, nobody), self._need(inst),
-                            self.m.config.max_loaded_models)
+        siblings = frozenset(r.key for r in self.m.models[inst.name].replicas if r is not inst)
+        return planner.plan_replica(self.m.gpus, self._loaded(inst, evictable), self._need(inst),
+                                    self.m.config.max_loaded_models, siblings, evict=not nobody)
 
     def room_free(self, inst: Instance) -> bool:
         """Whether the replica would fit now without stopping or sleeping anything."""

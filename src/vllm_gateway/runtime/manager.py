@@ -64,11 +64,11 @@ class Manager:
         self._leases: set[asyncio.Task[object]] = set()
         for cfg in svc.config.models.values():
             group = ReplicaSet(cfg, svc.clock.now, self._on_state, self._on_counts)
+            self.models[cfg.name] = group
+            self.instances[cfg.name] = group.first
             if not cfg.managed:
                 group.first.life.move(State.STOPPED, State.STARTING)
                 group.first.life.move(State.STARTING, State.READY)
-            self.models[cfg.name] = group
-            self.instances[cfg.name] = group.first
         # LoRA adapters loaded into each replica of a base that serves some, by replica key.
         self.adapters = {name: Adapters(inst, svc.lora, svc.clock)
                          for name, inst in self.instances.items() if inst.cfg.adapters}

@@ -112,7 +112,7 @@ class ReplicaSet:
         if not open_:
             return None
         order = {id(r): n for n, r in enumerate(self.holding())}
-        return min(open_, key=lambda r: (r.in_flight, r.committed, order.get(id(r), 0)))
+        return min(open_, key=lambda r: (r.in_flight, order.get(id(r), 0)))
 
     @contextmanager
     def waiting_for_slot(self) -> Iterator[None]:

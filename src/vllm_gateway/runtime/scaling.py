@@ -49,14 +49,16 @@ class Scaler:
                 continue
             group.drop_finished(now, backoff)
             idle: list[Instance] = []
+            alone = len(group.awake()) <= 1
             for inst in group.replicas:
                 if not inst.evictable():
                     continue
                 if inst.state is State.READY:
                     timeout = inst.cfg.idle_timeout_s
-                    # Idle since the end of the last request, or since it became ready if none
-                    # came.
-                    idle_since = max(inst.limiter.last_idle_at or 0.0, inst.last_used_mono)
+                    # Idle since the end of its last request, or since it became ready if none
+                    # came; a model's only replica also counts requests that left its queue.
+                    idle_since = max(inst.limiter.last_idle_at or 0.0 if alone else 0.0,
+                                     inst.last_used_mono)
                     if timeout > 0 and now - idle_since >= timeout:
                         idle.append(inst)
                 elif (inst.state is State.SLEEPING and inst.cfg.sleep_timeout_s > 0
