@@ -9,7 +9,6 @@ import sys
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from vllm_gateway.app import create_app
 from vllm_gateway.config import GatewayConfig, GpuSpec, ModelConfig
 from vllm_gateway.gpu import (
     FakeNvml,
@@ -19,6 +18,7 @@ from vllm_gateway.gpu import (
     open_nvml,
     wait_released,
 )
+from vllm_gateway.web.app import create_app
 
 
 def test_declared_gpus_win_over_nvml() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from vllm_gateway.app import create_app
 from vllm_gateway.config import GatewayConfig, ModelConfig
 from vllm_gateway.metrics import RecentRequests
+from vllm_gateway.web.app import create_app
 
 
 class Clock:

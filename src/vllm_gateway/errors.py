@@ -76,12 +76,25 @@ class BackendError(GatewayError):
     code = "bad_gateway"
 
 
+class NotDelivered(BackendError):
+    """The backend went away before the request reached it: safe to send again once the
+    model is back, since nothing was generated."""
+
+
 class BackendUnavailable(GatewayError):
     """The backend could not be started (or is held failed), or shutdown cancelled it."""
 
     status = 503
     type = "backend_unavailable"
     code = "service_unavailable"
+
+
+class Conflict(GatewayError):
+    """The model is not in a state the operation can act on (e.g. a sleep of a stopped model)."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
 
 
 class BackendTimeout(GatewayError):

@@ -1,14 +1,14 @@
 """Forwarding one request to a ready backend and streaming the answer back untouched.
 
-Retries happen only when nothing reached the backend (the connection was
-refused): generation is not idempotent, so a request whose body was sent is
-never sent again. ``request_timeout_s`` bounds the wait for the first byte and
-each gap between chunks, never the whole answer, so long generations run on.
+A request that never reached the backend (the connection was refused) raises
+NotDelivered, and the web layer decides whether to send it again: generation is
+not idempotent, so a request whose body was sent is never sent again.
+``request_timeout_s`` bounds the wait for the first byte and each gap between
+chunks, never the whole answer, so long generations run on.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -20,8 +20,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .config import RetryConfig
-from .errors import BackendError, BackendTimeout, GatewayError
-from .lifecycle import State
+from .errors import BackendError, BackendTimeout, GatewayError, NotDelivered
 from .metrics import Metrics
 from .reqctx import RequestContext
 from .runtime.manager import Lease
@@ -86,11 +85,6 @@ def reading_answer(model: str, timeout_s: float) -> Iterator[None]:
         raise BackendError(f"model {model}: the backend failed mid-answer ({exc})") from exc
 
 
-class NotDelivered(BackendError):
-    """The backend went away before the request reached it: safe to send again once the
-    model is back, since nothing was generated."""
-
-
 class Proxy:
     def __init__(self, session: aiohttp.ClientSession, retry: RetryConfig, metrics: Metrics) -> None:
         self.session = session
@@ -99,35 +93,22 @@ class Proxy:
 
     async def _send(self, lease: Lease, path: str, body: bytes, headers: CIMultiDict[str],
                     timeout_s: float, ctx: RequestContext) -> aiohttp.ClientResponse:
-        delay = self.retry.delay_s
-        attempt = 0
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(timeout_s, 30.0) or None,
                                         sock_read=timeout_s or None)
-        while True:
-            url = lease.base_url + path
-            try:
-                return await self.session.post(url, data=body, headers=headers, timeout=timeout,
-                                               auto_decompress=False)
-            except aiohttp.ClientConnectorError as exc:
-                # Nothing reached the backend, so sending again cannot run it twice.
-                if lease.instance.state is not State.READY:
-                    raise NotDelivered(f"model {lease.instance.name} went away before the request "
-                                       f"was sent ({exc.os_error or exc})") from exc
-                if attempt >= self.retry.max_retries:
-                    raise BackendError(f"model {lease.instance.name}: cannot connect to the backend "
-                                       f"({exc.os_error or exc}) after {attempt + 1} attempt(s)") from exc
-                attempt += 1
-                self.metrics.retries.labels(lease.instance.name).inc()
-                log.warning("request %s to %s: connection refused, retry %d of %d in %.2f s",
-                            ctx.request_id, lease.instance.name, attempt, self.retry.max_retries, delay)
-                await asyncio.sleep(delay)
-                delay *= self.retry.backoff
-            except TimeoutError as exc:
-                raise BackendTimeout(f"model {lease.instance.name} sent no answer within "
-                                     f"{timeout_s:g} s") from exc
-            except aiohttp.ClientError as exc:
-                raise BackendError(f"model {lease.instance.name}: the backend failed before "
-                                   f"answering ({type(exc).__name__}: {exc})") from exc
+        url = lease.base_url + path
+        try:
+            return await self.session.post(url, data=body, headers=headers, timeout=timeout,
+                                           auto_decompress=False)
+        except aiohttp.ClientConnectorError as exc:
+            # Nothing reached the backend: the web layer may send it again (web.v1.deliver).
+            raise NotDelivered(f"model {lease.instance.name}: cannot connect to the backend "
+                               f"({exc.os_error or exc})") from exc
+        except TimeoutError as exc:
+            raise BackendTimeout(f"model {lease.instance.name} sent no answer within "
+                                 f"{timeout_s:g} s") from exc
+        except aiohttp.ClientError as exc:
+            raise BackendError(f"model {lease.instance.name}: the backend failed before "
+                               f"answering ({type(exc).__name__}: {exc})") from exc
 
     async def _forward_whole(self, upstream: aiohttp.ClientResponse, sink: ResponseSink,
                              ctx: RequestContext, timeout_s: float) -> None:

@@ -11,8 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .app import create_app
 from .config import GatewayConfig
+from .web.app import create_app
 
 log = logging.getLogger("vllm_gateway")
 
