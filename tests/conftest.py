@@ -1,11 +1,13 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from harness import GatewayProc, start_gateway, stop_leaving_nothing
+from inproc import InProcessGateway, in_process_gateway
 
 
 @pytest.fixture
@@ -21,3 +23,14 @@ def gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProc]]:
     yield start
     for gw in started:
         stop_leaving_nothing(gw)
+
+
+@pytest.fixture
+async def inproc(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[InProcessGateway]]]:
+    """Start gateways in this event loop (see inproc.py); each is stopped and checked for
+    servers left running afterwards."""
+    async with contextlib.AsyncExitStack() as stack:
+        async def start(models: dict[str, Any], **kwargs: Any) -> InProcessGateway:
+            return await stack.enter_async_context(in_process_gateway(tmp_path, models, **kwargs))
+
+        yield start

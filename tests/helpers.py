@@ -1,0 +1,97 @@
+"""What every suite shares: a free loopback port, waiting with a deadline, reading metrics.
+
+Each exists once here; the harnesses (real processes, in-process gateways, vLLM,
+Docker, Ray, browser) import them from this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, overload
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+HOST = "127.0.0.1"
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _timed_out(what: str, timeout: float, last: object) -> AssertionError:
+    return AssertionError(f"timed out after {timeout} s waiting for {what}; last value: {last!r}")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.05,
+                  what: str = "condition") -> T:
+    """Poll ``predicate`` until it returns something truthy, and return that; fail after
+    ``timeout`` s with the last value it returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = predicate()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise _timed_out(what, timeout, last)
+        time.sleep(interval)
+
+
+@overload
+async def wait_for(check: Callable[[], Awaitable[T]], timeout: float = ..., what: str = ...,
+                   interval: float = ...) -> T: ...
+
+
+@overload
+async def wait_for(check: Callable[[], T], timeout: float = ..., what: str = ...,
+                   interval: float = ...) -> T: ...
+
+
+async def wait_for(check: Callable[[], Any], timeout: float = 5.0, what: str = "condition",
+                   interval: float = 0.01) -> Any:
+    """:func:`wait_until` in a running event loop; ``check`` may be a coroutine function."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = check()
+        if inspect.isawaitable(last):
+            last = await last
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise _timed_out(what, timeout, last)
+        await asyncio.sleep(interval)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples called ``name`` whose labels include ``labels``; 0 when the
+    series is not there. ``text`` is Prometheus' text format, as ``/metrics`` answers it."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += float(sample.value)
+    return total
+
+
+def scrape(base_url: str, timeout: float = 60.0) -> str:
+    """``GET /metrics`` of a gateway or a backend."""
+    response = httpx.get(base_url + "/metrics", timeout=timeout)
+    response.raise_for_status()
+    return response.text
+
+
+async def scrape_async(base_url: str, timeout: float = 30.0) -> str:
+    """:func:`scrape` in a running event loop."""
+    async with httpx.AsyncClient(timeout=timeout) as client:
+        response = await client.get(base_url + "/metrics")
+    response.raise_for_status()
+    return response.text
