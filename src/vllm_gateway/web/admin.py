@@ -1,4 +1,4 @@
-"""Operators' routes on one model: load, unload, logs (``/gateway/models/{name}/...``).
+"""Operators' routes on one model: load, unload, sleep, logs (``/gateway/models/{name}/...``).
 
 The name is a model's name or alias, as for a request; it is a path below the
 route (``org/model`` keeps its slash), already checked by the paths middleware.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..errors import BadRequest, ModelNotFound, NotFound
+from ..errors import BadRequest, Conflict, ModelNotFound, NotFound
 from ..runtime.instance import Instance
 from .keys import AUTH_KEY, GATEWAY_KEY
 
@@ -27,17 +27,53 @@ def _state(inst: Instance) -> web.Response:
     return web.json_response({"name": inst.name, "state": inst.state.value})
 
 
+async def _replicas_asked(request: web.Request) -> int | None:
+    """``{"replicas": K}`` in the body of a load: run K replicas now (no body: start it)."""
+    if not request.can_read_body:
+        return None
+    try:
+        doc = await request.json()
+    except ValueError:
+        raise BadRequest("the body must be JSON, e.g. {\"replicas\": 2}") from None
+    if doc is None:
+        return None
+    count = doc.get("replicas") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or set(doc) - {"replicas"} or (
+            "replicas" in doc and (type(count) is not int or count < 0)):
+        raise BadRequest("the body may only hold 'replicas', a whole number >= 0",
+                         param="replicas")
+    return count
+
+
 async def load(request: web.Request) -> web.Response:
+    """Start the model now; with ``{"replicas": K}``, run that many replicas now. Answers
+    the model's state (``ready`` if any replica is) and how many replicas hold memory."""
     request.app[AUTH_KEY].require_admin(request.headers.get("Authorization"))
     inst = _model(request)
-    await request.app[GATEWAY_KEY].manager.load(inst)
-    return _state(inst)
+    replicas = await _replicas_asked(request)
+    manager = request.app[GATEWAY_KEY].manager
+    await manager.load(inst, replicas)
+    group = manager.models[inst.name]
+    return web.json_response({"name": inst.name, "state": group.state.value,
+                              "replicas": len(group.holding())})
 
 
 async def unload(request: web.Request) -> web.Response:
     request.app[AUTH_KEY].require_admin(request.headers.get("Authorization"))
     inst = _model(request)
     await request.app[GATEWAY_KEY].manager.unload(inst)
+    return _state(inst)
+
+
+async def sleep(request: web.Request) -> web.Response:
+    """Put a ready model to sleep now, after its in-flight requests; the state after it
+    (``sleeping``, or ``stopped`` when the sleep failed: the model's events say why)."""
+    request.app[AUTH_KEY].require_admin(request.headers.get("Authorization"))
+    inst = _model(request)
+    if not await request.app[GATEWAY_KEY].manager.sleep(inst):
+        why = (f"sleep is off (models.{inst.name}.sleep)" if not inst.cfg.sleep
+               else f"it is {inst.state.value}, not ready")
+        raise Conflict(f"cannot put model {inst.name} to sleep: {why}")
     return _state(inst)
 
 
@@ -55,4 +91,5 @@ async def logs(request: web.Request) -> web.Response:
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/gateway/models/{name:.+}/load", load)
     router.add_post("/gateway/models/{name:.+}/unload", unload)
+    router.add_post("/gateway/models/{name:.+}/sleep", sleep)
     router.add_get("/gateway/models/{name:.+}/logs", logs)
