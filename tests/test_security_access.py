@@ -106,7 +106,7 @@ def test_models_list_shows_what_the_key_may_use(auth_gw: GatewayProc) -> None:
 
 
 def test_admin_endpoints_need_an_admin_key(auth_gw: GatewayProc) -> None:
-    for action in ("load", "unload"):
+    for action in ("load", "unload", "sleep"):
         url = f"{auth_gw.url}/gateway/models/beta/{action}"
         error_of(httpx.post(url, timeout=10), 401)
         error_of(httpx.post(url, headers=bearer("wrong-key"), timeout=10), 401)

@@ -1,4 +1,4 @@
-"""The ``vllm-gateway`` command: demo, serve, check-config, status, load, unload, logs."""
+"""The ``vllm-gateway`` command: demo, serve, check-config, status, load, unload, sleep, logs."""
 
 from __future__ import annotations
 
@@ -13,6 +13,12 @@ from .config import ConfigError, GatewayConfig, load_config
 from .log_setup import setup_logging
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+# The operators' commands, each the POST /gateway/models/NAME/<command> of the same name.
+ADMIN_COMMANDS = {
+    "load": "start a model now (evicting idle ones if needed)",
+    "unload": "stop a model after its in-flight requests",
+    "sleep": "put a ready model with sleep on to sleep now",
+}
 
 
 def _url_arg(parser: argparse.ArgumentParser) -> None:
@@ -46,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refresh every second until Ctrl-C")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
 
-    for name in ("load", "unload"):
-        p = sub.add_parser(name, help=f"{name} a model")
+    for name, what in ADMIN_COMMANDS.items():
+        p = sub.add_parser(name, help=what)
         p.add_argument("name")
         _url_arg(p)
 
@@ -141,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "status":
             return client.status(args.url, watch=args.watch, raw=args.json, api_key=args.api_key)
-        if args.command in ("load", "unload"):
+        if args.command in ADMIN_COMMANDS:
             return client.admin(args.url, args.command, args.name, args.api_key)
         if args.command == "logs":
             return client.logs(args.url, args.name, args.lines, args.follow, args.api_key)

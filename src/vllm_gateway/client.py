@@ -1,4 +1,5 @@
-"""The terminal side: ``vllm-gateway status | load | unload | logs`` against a running gateway."""
+"""The terminal side: ``vllm-gateway status | load | unload | sleep | logs`` against a running
+gateway."""
 
 from __future__ import annotations
 

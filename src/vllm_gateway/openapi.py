@@ -65,6 +65,10 @@ OPENAPI: dict[str, Any] = {
             "parameters": _MODEL_NAME,
             "responses": {**_json({"type": "object", "required": ["name", "state"]}),
                           **_errors(400, 401, 403, 404, 503, 504)}}},
+        "/gateway/models/{name}/sleep": {"post": {
+            "parameters": _MODEL_NAME,
+            "responses": {**_json({"type": "object", "required": ["name", "state"]}),
+                          **_errors(400, 401, 403, 404, 409)}}},
         "/gateway/models/{name}/unload": {"post": {
             "parameters": _MODEL_NAME,
             "responses": {**_json({"type": "object", "required": ["name", "state"]}),

@@ -286,12 +286,14 @@ class Manager:
             while replica.transition is not None and not replica.transition.done():
                 await asyncio.shield(replica.transition)
 
-    async def sleep(self, inst: Instance) -> None:
-        """Put a model's ready replicas to sleep now (each after its in-flight requests)."""
-        tasks = [self.begin_sleep(r, StopReason.MANUAL) for r in self.models[inst.name].replicas]
+    async def sleep(self, inst: Instance) -> int:
+        """Put a model's ready replicas to sleep now (each after its in-flight requests);
+        how many it put to sleep (0: the model has sleep off or no replica was ready)."""
+        tasks = [task for r in self.models[inst.name].replicas
+                 if (task := self.begin_sleep(r, StopReason.MANUAL)) is not None]
         for task in tasks:
-            if task is not None:
-                await asyncio.shield(task)
+            await asyncio.shield(task)
+        return len(tasks)
 
     # -- what the monitor ticks ------------------------------------------------------------
 
