@@ -1,17 +1,18 @@
-"""Async helpers for the admission and retry suites: polling with deadlines, holding slots."""
+"""Async helpers for the admission and retry suites: status and counters, holding slots.
+
+They take any gateway with a ``url``: a real process (harness.GatewayProc) or one in this
+event loop (inproc.InProcessGateway).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol
 
 import aiohttp
 import httpx
-from harness import GatewayProc, chat
-
-T = TypeVar("T")
+from harness import chat
+from helpers import metric, scrape_async, wait_for
 
 # Requests that hold a backend slot until the test cancels them (a minute of tokens).
 HOLD = {"token_delay": 0.05, "tokens": 1200}
@@ -20,20 +21,12 @@ UNHANDLED = ("Traceback", "Error handling request", "exception was never retriev
              "Task was destroyed")
 
 
-async def wait_for(check: Callable[[], Awaitable[T]], timeout: float, what: str,
-                   interval: float = 0.03) -> T:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        last = await check()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
-        await asyncio.sleep(interval)
+class Served(Protocol):
+    @property
+    def url(self) -> str: ...
 
 
-async def model_status(gw: GatewayProc, name: str) -> dict[str, Any]:
+async def model_status(gw: Served, name: str) -> dict[str, Any]:
     async with httpx.AsyncClient(timeout=10) as c:
         doc = (await c.get(gw.url + "/gateway/status")).json()
     for model in doc["models"]:
@@ -48,27 +41,26 @@ async def backend_stats(port: int) -> dict[str, Any]:
         return doc
 
 
-async def metrics_text(gw: GatewayProc) -> str:
-    async with httpx.AsyncClient(timeout=10) as c:
-        return (await c.get(gw.url + "/metrics")).text
+async def metrics_text(gw: Served) -> str:
+    return await scrape_async(gw.url)
 
 
-async def gauges(gw: GatewayProc, name: str) -> tuple[float, float]:
+async def gauges(gw: Served, name: str) -> tuple[float, float]:
     """(in_flight, queued) of a model as /metrics shows them."""
-    found: dict[str, float] = {}
-    for line in (await metrics_text(gw)).splitlines():
-        for metric in ("vllm_gateway_requests_in_flight", "vllm_gateway_requests_queued"):
-            if line.startswith(f'{metric}{{model="{name}"}} '):
-                found[metric] = float(line.rsplit(" ", 1)[1])
-    return found["vllm_gateway_requests_in_flight"], found["vllm_gateway_requests_queued"]
+    text = await metrics_text(gw)
+    return (metric(text, "vllm_gateway_requests_in_flight", None, model=name),
+            metric(text, "vllm_gateway_requests_queued", None, model=name))
 
 
-async def wait_counts(gw: GatewayProc, name: str, in_flight: int, queued: int,
+async def wait_counts(gw: Served, name: str, in_flight: int, queued: int,
                       timeout: float = 15.0) -> dict[str, Any]:
     async def check() -> dict[str, Any] | None:
         m = await model_status(gw, name)
         return m if (m["in_flight"], m["queued"]) == (in_flight, queued) else None
-    return await wait_for(check, timeout, f"{name}: in_flight={in_flight}, queued={queued}")
+    found: dict[str, Any] | None = await wait_for(
+        check, timeout, f"{name}: in_flight={in_flight}, queued={queued}")
+    assert found is not None
+    return found
 
 
 def session() -> aiohttp.ClientSession:
@@ -82,7 +74,7 @@ async def read_all(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) 
         return resp.status, await resp.read()
 
 
-def hold(http: aiohttp.ClientSession, gw: GatewayProc, model: str) -> asyncio.Task[tuple[int, bytes]]:
+def hold(http: aiohttp.ClientSession, gw: Served, model: str) -> asyncio.Task[tuple[int, bytes]]:
     """A streaming request that keeps a slot busy (or waits for one) until cancelled."""
     body = chat(model, stream=True, fake=HOLD)
     return asyncio.create_task(read_all(http, gw.url, body))
@@ -94,7 +86,7 @@ async def cancel(*tasks: asyncio.Task[Any]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def assert_full_concurrency(gw: GatewayProc, name: str, n: int) -> None:
+async def assert_full_concurrency(gw: Served, name: str, n: int) -> None:
     """``n`` parallel requests all reach the backend at once, none waits."""
     port = (await model_status(gw, name))["port"]
     async with session() as http:
@@ -103,7 +95,7 @@ async def assert_full_concurrency(gw: GatewayProc, name: str, n: int) -> None:
             await wait_counts(gw, name, n, 0)
 
             async def backend_has_all() -> bool:
-                return (await backend_stats(port))["in_flight"] == n
+                return bool((await backend_stats(port))["in_flight"] == n)
             await wait_for(backend_has_all, 15, f"{n} requests in flight at the backend")
         finally:
             await cancel(*holders)

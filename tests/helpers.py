@@ -71,15 +71,16 @@ async def wait_for(check: Callable[[], Any], timeout: float = 5.0, what: str = "
         await asyncio.sleep(interval)
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    """The sum of the samples called ``name`` whose labels include ``labels``; 0 when the
-    series is not there. ``text`` is Prometheus' text format, as ``/metrics`` answers it."""
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += float(sample.value)
-    return total
+def metric(text: str, name: str, default: float | None = 0.0, **labels: str) -> float:
+    """The sum of the samples called ``name`` whose labels include ``labels``, from
+    Prometheus' text format as ``/metrics`` answers it. Without such a sample: ``default``,
+    or KeyError when it is None (for series that must be there)."""
+    found = [float(sample.value)
+             for family in text_string_to_metric_families(text) for sample in family.samples
+             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())]
+    if not found and default is None:
+        raise KeyError(f"no sample {name}{labels or ''} in the metrics")
+    return sum(found) if found else float(default or 0.0)
 
 
 def scrape(base_url: str, timeout: float = 60.0) -> str:

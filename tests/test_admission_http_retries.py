@@ -18,9 +18,9 @@ from admission_http_helpers import (
     metrics_text,
     model_status,
     wait_counts,
-    wait_for,
 )
-from harness import chat, fake_command, free_port, sse_events
+from harness import chat, fake_command, sse_events
+from helpers import free_port, wait_for
 from procutil import fake_backend_cmd, kill_group, wait_port_blocking
 
 
