@@ -63,6 +63,9 @@ OPENAPI: dict[str, Any] = {
                           **_errors(400, 401, 404)}}},
         "/gateway/models/{name}/load": {"post": {
             "parameters": _MODEL_NAME,
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False,
+                "properties": {"replicas": {"type": "integer", "minimum": 0}}}}}},
             "responses": {**_json({"type": "object", "required": ["name", "state"]}),
                           **_errors(400, 401, 403, 404, 503, 504)}}},
         "/gateway/models/{name}/sleep": {"post": {
