@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The suites that need more than the gateway's own venv: real vLLM (CPU build), a real Docker
-# engine, headless Chromium, and the benchmark in smoke mode. Each installs what it needs from
-# the project's own files. Run from the repository root (.ci/run calls it after the fast suite).
+# engine, a local Ray cluster, headless Chromium, and the benchmark in smoke mode. Each
+# installs what it needs from the project's own files. Run from the repository root (.ci/run
+# calls it after the fast suite).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,9 @@ VLLM_TESTS_REQUIRED=1 .venv/bin/python -m pytest -m vllm tests/vllm -q
 
 step "Docker: private engine, fake-backend image, launcher and gateway tests"
 bash scripts/ci_extra_docker.sh
+
+step "Ray: a local cluster of several nodes, the gateway placing fake backends on them"
+bash scripts/ci_ray.sh
 
 step "browser: Debian Chromium, dashboard test"
 bash scripts/install_browser.sh

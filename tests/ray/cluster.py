@@ -135,7 +135,7 @@ class LocalCluster:
         assert raylet is not None, f"node {node.name} has no raylet"
         raylet.kill()
 
-    def stop_node(self, node: Node, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+    def stop_node(self, node: Node, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(node.proc.pid, sig)
         try:
@@ -160,9 +160,14 @@ class LocalCluster:
         for pid in self.pids():
             with contextlib.suppress(psutil.Error):
                 procs.append(psutil.Process(pid))
-        for node in reversed(self.nodes):
-            if node.alive():
-                self.stop_node(node)
+        workers, head = self.nodes[1:], self.nodes[:1]
+        for group in (workers, head):
+            for node in group:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(node.proc.pid, signal.SIGTERM)
+            for node in group:
+                if node.alive():
+                    self.stop_node(node)
         _, alive = psutil.wait_procs(procs, timeout=10)
         for proc in alive:
             with contextlib.suppress(psutil.Error):

@@ -51,6 +51,13 @@ def ray_cluster_factory() -> Iterator[Callable[[list[int]], Any]]:
         cluster.stop()
 
 
+@pytest.fixture(scope="module")
+def shared_cluster(ray_cluster_factory: Callable[[list[int]], Any]) -> Any:
+    """One cluster for the tests that leave it as they found it: a head, a node with one GPU
+    and a node with two."""
+    return ray_cluster_factory([1, 2])
+
+
 def backend_processes(mark: str) -> list[psutil.Process]:
     """Fake backends (and their workers) started for one test, wherever Ray ran them."""
     found = []

@@ -45,9 +45,9 @@ def gpus_by_node(gw: Any) -> dict[str, list[dict[str, Any]]]:
     return nodes
 
 
-def test_placement_eviction_and_idle_stop_across_nodes(ray_cluster_factory: Any,
-                                                        ray_gateway: Any, mark: str) -> None:
-    cluster = ray_cluster_factory([1, 2])
+def test_placement_eviction_and_idle_stop_across_nodes(shared_cluster: Any, ray_gateway: Any,
+                                                        mark: str) -> None:
+    cluster = shared_cluster
     one, two = cluster.nodes[1], cluster.nodes[2]
     models = {"tp": ray_model(mark, 10, gpu_count=2),
               "m1": ray_model(mark, 16),
@@ -101,10 +101,11 @@ def test_node_joins_takes_a_model_and_leaves_with_it(ray_cluster_factory: Any,
     first = cluster.nodes[1].node_id()
 
     joined = cluster.add_node(1)
-    wait_until(lambda: joined.node_id() in gpus_by_node(gw), 30, what="the new node's GPU")
+    joined_id = joined.node_id()
+    wait_until(lambda: joined_id in gpus_by_node(gw), 30, what="the new node's GPU")
     # b does not fit beside a: it takes the new node instead of evicting a.
     assert ask(gw, "b").status_code == 200
-    assert gw.model("b")["node"] == joined.node_id()
+    assert gw.model("b")["node"] == joined_id
     assert gw.model("a")["state"] == "ready"
 
     # The node holding b dies with a request in flight.
@@ -124,13 +125,14 @@ def test_node_joins_takes_a_model_and_leaves_with_it(ray_cluster_factory: Any,
     cluster.kill_raylet(joined)
     request.join(60)
     response = outcome.get("response")
-    assert response is None or response.status_code == 502, response.text if response else ""
+    assert response is not None and response.status_code == 502, outcome
     b = wait_until(lambda: (m := gw.model("b"))["state"] in ("failed", "stopped") and m, 30,
                    what="b failed")
     lost_after = time.monotonic() - t0
     error = b["error"] or ""
-    assert joined.node_id()[:12] in error and ("lost" in error or "left" in error), b
-    wait_until(lambda: joined.node_id() not in gpus_by_node(gw), 30, what="its GPU gone")
+    assert joined_id is not None and joined_id[:12] in error, b
+    assert "lost" in error or "left the Ray cluster" in error, b
+    wait_until(lambda: joined_id not in gpus_by_node(gw), 30, what="its GPU gone")
 
     # The next request places it again on a live node (evicting a, the only room left).
     assert ask(gw, "b").status_code == 200
@@ -138,12 +140,14 @@ def test_node_joins_takes_a_model_and_leaves_with_it(ray_cluster_factory: Any,
     print(f"node loss noticed in {lost_after:.1f} s")
 
 
-def test_sigkill_of_the_gateway_leaves_no_model_process(ray_cluster_factory: Any,
-                                                        ray_gateway: Any, mark: str) -> None:
-    cluster = ray_cluster_factory([1, 1])
-    gw = ray_gateway(cluster.address, {"a": ray_model(mark, 16), "b": ray_model(mark, 16)})
-    assert ask(gw, "a").status_code == 200 and ask(gw, "b").status_code == 200
-    assert len({gw.model("a")["node"], gw.model("b")["node"]}) == 2
+def test_sigkill_of_the_gateway_leaves_no_model_process(shared_cluster: Any, ray_gateway: Any,
+                                                        mark: str) -> None:
+    cluster = shared_cluster
+    gw = ray_gateway(cluster.address, {"a": ray_model(mark, 20), "b": ray_model(mark, 20),
+                                       "c": ray_model(mark, 20)})
+    for name in ("a", "b", "c"):
+        assert ask(gw, name).status_code == 200
+    assert len({gw.model(name)["node"] for name in ("a", "b", "c")}) == 2  # on both nodes
     assert backend_processes(mark)
     t0 = time.monotonic()
     gw.stop(signal.SIGKILL)
@@ -154,9 +158,8 @@ def test_sigkill_of_the_gateway_leaves_no_model_process(ray_cluster_factory: Any
 
 
 def test_a_model_wider_than_every_node_is_refused_naming_the_key(
-        ray_cluster_factory: Any, ray_gateway: Any, mark: str) -> None:
-    cluster = ray_cluster_factory([1])
-    with pytest.raises(AssertionError, match="gateway exited") as failed:
-        ray_gateway(cluster.address, {"wide": ray_model(mark, 10, gpu_count=2)})
-    assert "models.wide.gpu_count" in str(failed.value)
-    assert "has 1" in str(failed.value)
+        shared_cluster: Any, ray_gateway: Any, mark: str) -> None:
+    with pytest.raises(AssertionError, match="gateway exited with 2") as failed:
+        ray_gateway(shared_cluster.address, {"wide": ray_model(mark, 10, gpu_count=3)})
+    assert "models.wide.gpu_count: 3 GPUs on one node" in str(failed.value)
+    assert "has 2" in str(failed.value)
