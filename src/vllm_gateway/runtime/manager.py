@@ -105,7 +105,7 @@ class Manager:
 
     def _adapters_of(self, replica: Instance) -> Adapters:
         found = self.adapters.get(replica.key)
-        if found is None:
+        if found is None or found.base is not replica:  # a new replica under an old number
             found = self.adapters[replica.key] = Adapters(replica, self.svc.lora, self.svc.clock)
         return found
 
@@ -294,6 +294,22 @@ class Manager:
         for task in tasks:
             await asyncio.shield(task)
         return len(tasks)
+
+    async def load_adapter(self, inst: Instance, adapter: AdapterConfig) -> None:
+        """Start the base if needed and load the adapter into a ready replica of it now."""
+        bound = await self.ensure_ready(inst)
+        async with self._adapters_of(bound).using(adapter):
+            pass
+
+    async def unload_adapter(self, inst: Instance, adapter: AdapterConfig) -> bool:
+        """Unload the adapter from every replica of its base; False when a replica has
+        requests in flight on it (it stays loaded there)."""
+        unloaded = True
+        for replica in list(self.models[inst.name].replicas):
+            loaded = self.adapters.get(replica.key)
+            if loaded is not None and not await loaded.unload(adapter.name):
+                unloaded = False
+        return unloaded
 
     # -- what the monitor ticks ------------------------------------------------------------
 
