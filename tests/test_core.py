@@ -1,15 +1,14 @@
-"""The gateway core end to end: a real gateway process, fake backends as real processes."""
+"""The gateway core end to end where processes matter: a real gateway process, fake backends as
+real processes (streams, crashes, disconnects, signals). Routing, errors and starts are tested
+in-process in test_routing_rules.py and test_start_rules.py."""
 
 from __future__ import annotations
 
 import signal
-import threading
-import time
 
 import httpx
 import openai
 import psutil
-import pytest
 from harness import chat, descendants, fake_command, sse_events, wait_until
 
 
@@ -18,45 +17,6 @@ def two_models() -> dict[str, object]:
         "alpha": {"command": fake_command(), "aliases": ["a", "gpt-4o-mini"]},
         "beta": {"command": fake_command("--token-delay", "0.01")},
     }
-
-
-def test_routes_by_name_and_alias_and_rewrites_alias(gateway) -> None:
-    gw = gateway(two_models())
-    with gw.client() as c:
-        r = c.post("/v1/chat/completions", json=chat("gpt-4o-mini", temperature=0.5))
-        assert r.status_code == 200, r.text
-        assert r.json()["model"] == "alpha"
-        assert r.headers["X-Request-ID"]
-        backend = gw.model("alpha")
-        last = httpx.get(f"http://127.0.0.1:{backend['port']}/fake/last_request").json()
-        # The alias was replaced by the name; nothing else in the body changed.
-        assert last["body"] == chat("alpha", temperature=0.5)
-        r = c.post("/v1/completions", json={"model": "beta", "prompt": "x", "max_tokens": 3})
-        assert r.status_code == 200 and r.json()["model"] == "beta"
-        r = c.post("/v1/embeddings", json={"model": "a", "input": "hello"})
-        assert r.status_code == 200 and r.json()["data"][0]["embedding"]
-    # Later requests reuse the running server.
-    pid = gw.model("alpha")["pid"]
-    with gw.client() as c:
-        c.post("/v1/chat/completions", json=chat("alpha"))
-    assert gw.model("alpha")["pid"] == pid
-
-
-def test_models_list_and_status_shape(gateway) -> None:
-    gw = gateway(two_models())
-    with gw.client() as c:
-        models = c.get("/v1/models").json()
-        assert models["object"] == "list"
-        assert [m["id"] for m in models["data"]] == ["alpha", "beta"]
-        assert c.get("/health").status_code == 200
-        assert c.get("/ready").status_code == 200
-        status = c.get("/gateway/status").json()
-    assert status["gpus"] == []
-    first = status["models"][0]
-    for key in ("name", "state", "vram_gb", "gpus", "in_flight", "queued", "last_used", "port",
-                "pid", "max_concurrent", "max_queue"):
-        assert key in first
-    assert first["state"] == "stopped" and first["pid"] is None and first["port"] is None
 
 
 def test_openai_client_streams_through(gateway) -> None:
@@ -77,52 +37,6 @@ def test_openai_client_streams_through(gateway) -> None:
     assert listed == ["alpha", "beta"]
     metrics = httpx.get(gw.url + "/metrics").text
     assert 'vllm_gateway_requests_total{code="200",model="alpha"} 1.0' in metrics
-
-
-@pytest.mark.parametrize("body,status,needle", [
-    (b"not json", 400, "not valid JSON"),
-    (b"[1, 2]", 400, "JSON object"),
-    (b'{"messages": []}', 400, "no 'model'"),
-    (b'{"model": 3}', 400, "'model' must be a string"),
-    (b'{"model": "nope"}', 404, "nope"),
-])
-def test_bad_requests_get_openai_errors(gateway, body: bytes, status: int, needle: str) -> None:
-    gw = gateway(two_models())
-    r = httpx.post(gw.url + "/v1/chat/completions", content=body,
-                   headers={"Content-Type": "application/json"})
-    assert r.status_code == status
-    error = r.json()["error"]
-    assert needle in error["message"] and error["type"] and error["code"]
-
-
-def test_unknown_paths_and_models_for_admin_endpoints(gateway) -> None:
-    gw = gateway(two_models())
-    r = httpx.get(gw.url + "/nowhere")
-    assert r.status_code == 404 and "error" in r.json()
-    r = httpx.post(gw.url + "/gateway/models/nope/load")
-    assert r.status_code == 404 and "nope" in r.json()["error"]["message"]
-    r = httpx.post(gw.url + "/gateway/models/nope/unload")
-    assert r.status_code == 404
-    r = httpx.delete(gw.url + "/v1/models")
-    assert r.status_code == 405 and "error" in r.json()
-
-
-def test_failed_start_is_503_with_the_backends_last_lines(gateway) -> None:
-    gw = gateway({"broken": {"command": fake_command("--fail-start")}})
-    r = httpx.post(gw.url + "/v1/chat/completions", json=chat("broken"), timeout=60)
-    assert r.status_code == 503
-    assert "CUDA out of memory" in r.json()["error"]["message"]
-    assert gw.model("broken")["state"] == "backoff"
-
-
-def test_start_timeout_is_504(gateway) -> None:
-    models = {"slow": {"command": fake_command(startup_delay=30), "startup_timeout_s": 1}}
-    gw = gateway(models)
-    r = httpx.post(gw.url + "/v1/chat/completions", json=chat("slow"), timeout=60)
-    assert r.status_code == 504
-    assert "slow" in r.json()["error"]["message"]
-    gw.wait_state("slow", "backoff")
-    wait_until(lambda: not gw.model_pids(), 15, what="the timed-out server to be stopped")
 
 
 def test_crash_mid_request_is_502_then_recovers(gateway) -> None:
@@ -157,41 +71,6 @@ def test_client_disconnect_closes_the_upstream(gateway) -> None:
     stats = wait_until(disconnect_seen, 10, what="backend saw disconnect")
     assert stats["completed"] == 0
     gw.wait_counters_zero()
-
-
-def test_two_models_start_concurrently(gateway) -> None:
-    models = {"slowstart": {"command": fake_command(startup_delay=4)},
-              "quick": {"command": fake_command(startup_delay=0.2)}}
-    gw = gateway(models)
-    results: dict[str, float] = {}
-
-    def call(name: str) -> None:
-        t0 = time.monotonic()
-        r = httpx.post(gw.url + "/v1/chat/completions", json=chat(name), timeout=60)
-        assert r.status_code == 200
-        results[name] = time.monotonic() - t0
-
-    slow = threading.Thread(target=call, args=("slowstart",))
-    slow.start()
-    gw.wait_state("slowstart", "starting")
-    call("quick")
-    # The quick model answered while the slow one was still starting.
-    assert gw.model("slowstart")["state"] == "starting"
-    slow.join(30)
-    assert results["slowstart"] > results["quick"]
-
-
-def test_concurrent_first_requests_start_the_model_once(gateway) -> None:
-    gw = gateway({"once": {"command": fake_command(startup_delay=1)}})
-    threads = [threading.Thread(target=lambda: httpx.post(
-        gw.url + "/v1/chat/completions", json=chat("once"), timeout=60)) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    metrics = httpx.get(gw.url + "/metrics").text
-    assert 'vllm_gateway_model_starts_total{model="once"} 1.0' in metrics
-    assert 'vllm_gateway_requests_total{code="200",model="once"} 6.0' in metrics
 
 
 def test_sigterm_leaves_no_process_behind(gateway) -> None:
