@@ -272,3 +272,34 @@ async def test_cancelled_waiters_leave_no_counter_behind(moment: str) -> None:
     async with manager.lease(m) as lease:
         assert lease.instance.state is State.READY
     assert counters_zero(manager)
+
+
+async def test_a_failed_scale_up_is_not_retried_before_its_backoff() -> None:
+    clock = ManualClock()
+    manager, launcher = scaling(clock, replicas=Replicas(0, 2))
+    m, group = manager.instances["m"], manager.models["m"]
+    release, served = asyncio.Event(), []
+    tasks = [hold(manager, m, release, served) for _ in range(3)]
+    await wait_for(lambda: len(served) == 2 and group.slot_waiters == 1)
+    launcher.fail_with = "torch.OutOfMemoryError: CUDA out of memory"
+    clock.advance(6)
+    assert manager.scaler.tick() == ["m"]
+    await settle(manager)
+    manager.reap()  # forgets the failed replica, and holds scale-ups back for the backoff
+    assert [r.index for r in group.replicas] == [0] and kinds(manager, "failed") == ["m"]
+    assert manager.scaler.tick() == []
+    clock.advance(manager.config.faults.start_backoff_s)
+    assert manager.scaler.tick() == ["m"]  # fails again: the next wait is twice as long
+    await settle(manager)
+    manager.reap()
+    launcher.fail_with = None
+    clock.advance(manager.config.faults.start_backoff_s * 1.5)
+    assert manager.scaler.tick() == []
+    clock.advance(manager.config.faults.start_backoff_s)
+    assert manager.scaler.tick() == ["m"]
+    await wait_for(lambda: len(served) == 3)
+    assert group.scale_failures == 0
+    assert served[2] == 1
+    release.set()
+    await asyncio.gather(*tasks)
+    assert counters_zero(manager)

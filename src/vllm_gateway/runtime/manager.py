@@ -324,8 +324,11 @@ class Manager:
         self.changes.notify()
 
     def _on_state(self, inst: Instance, old: State, new: State) -> None:
+        group = self.models[inst.name]
         if State.READY in (old, new):
-            self.models[inst.name].update_slots()
+            group.update_slots()
+        if new is State.READY and inst is not group.first:
+            group.scale_failures = 0
         inst.changes.notify()
         self.changes.notify()
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ..admission import Limiter
-from ..config import ModelConfig
+from ..config import FaultConfig, ModelConfig
 from ..lifecycle import DOWN, RUNNING, State
 from .costs import DecayingRate
 from .instance import Instance
@@ -46,8 +46,10 @@ class ReplicaSet:
         self._next_wait = 0
         # A default model: since when its room has been free (None: not free, or running).
         self.free_since: float | None = None
-        # No scale-up before this (monotonic): a replica beyond the first failed to start.
+        # No scale-up before this (monotonic): replicas beyond the first failed to start, this
+        # many in a row (the delay doubles like a model's own backoff).
         self.scale_retry_at = 0.0
+        self.scale_failures = 0
 
     def _make(self, index: int) -> Instance:
         return Instance(self.cfg, index, self.limiter, self.rate, self._on_state)
@@ -62,15 +64,18 @@ class ReplicaSet:
         self.replicas.append(replica)
         return replica
 
-    def drop_finished(self, now: float, backoff_s: float) -> None:
+    def drop_finished(self, now: float, faults: FaultConfig) -> None:
         """Forget replicas beyond the first that are down and settled; one whose start failed
-        holds further scale-ups back for ``backoff_s`` (or until its own retry time)."""
+        holds further scale-ups back, doubling like a failed start's backoff."""
         kept = []
         for r in self.replicas:
             if r is not self.first and r.state in DOWN and r.transition_done() \
                     and r.committed == 0:
                 if r.state in (State.BACKOFF, State.HELD):
-                    self.scale_retry_at = max(self.scale_retry_at, r.retry_at or now + backoff_s)
+                    self.scale_failures += 1
+                    delay = min(faults.start_backoff_s * 2 ** (self.scale_failures - 1),
+                                faults.start_backoff_max_s)
+                    self.scale_retry_at = max(self.scale_retry_at, now + delay)
                 continue
             kept.append(r)
         self.replicas = kept

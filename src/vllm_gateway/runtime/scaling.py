@@ -42,12 +42,11 @@ class Scaler:
     def reap(self) -> list[str]:
         """Idle replicas sleep or stop, long sleepers stop (one synchronous step)."""
         now = self.m.svc.clock.now()
-        backoff = self.m.config.faults.start_backoff_max_s
         acted = []
         for group in self.m.models.values():
             if not group.cfg.managed:
                 continue
-            group.drop_finished(now, backoff)
+            group.drop_finished(now, self.m.config.faults)
             idle: list[Instance] = []
             alone = len(group.awake()) <= 1
             for inst in group.replicas:
@@ -92,7 +91,10 @@ class Scaler:
         since = group.oldest_slot_wait()
         if cfg.replicas.max <= 1 or since is None or now - since < cfg.scale_up_after_s:
             return False
-        if now < group.scale_retry_at or not group.ready() \
+        first = group.first
+        failed = first.state is State.HELD or (
+            first.state is State.BACKOFF and (first.retry_at or 0.0) > now)
+        if now < group.scale_retry_at or failed or not group.ready() \
                 or len(group.awake()) >= cfg.replicas.max \
                 or any(r.state in (State.STARTING, State.WAKING) for r in group.replicas):
             return False
@@ -103,10 +105,10 @@ class Scaler:
     def grow(self, group: ReplicaSet, why: str) -> Instance | None:
         """Wake a sleeping replica or start a new one where that fits by stopping idle models
         only; None (and nothing changed) where it does not."""
-        sleeper = next((r for r in group.replicas
-                        if r.state is State.SLEEPING and r.transition_done()), None)
-        replica = sleeper or next((r for r in group.replicas
-                                   if r.state is State.STOPPED and r.transition_done()), None)
+        down = (State.STOPPED, State.FAILED, State.BACKOFF)
+        replica = next((r for r in group.replicas
+                        if r.state is State.SLEEPING and r.transition_done()), None) or next(
+            (r for r in group.replicas if r.state in down and r.transition_done()), None)
         added = replica is None
         if replica is None:
             replica = group.add()
