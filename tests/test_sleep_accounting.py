@@ -1,26 +1,24 @@
 """GPU accounting while a wake waits for the room it claimed (found by the trace benchmark).
 
-A wake that must first put another model to sleep is counted at its full size
-from the moment it is decided, while the model making room for it still counts
-its own full size until its sleep is confirmed: for that while the GPU reads
-over its size in ``/gateway/status`` (the trace benchmark's ``sleep: 1`` row saw
-56 of 48 GB). No ``/wake_up`` is sent before the room is made, so the card
-itself is not over-committed; a start, by contrast, is counted only once it is
-launched, after its evictions.
+A wake that must first put another model to sleep reserves its full size from
+the moment it is decided (so no other claim takes the room), while the model
+making room for it still holds its own full size until its sleep is confirmed.
+What ``/gateway/status`` shows is what the GPU holds: the waking server's
+residual until ``/wake_up`` is sent, after the room is made, as a start is
+counted only once it is launched. (The trace benchmark's ``sleep: 1`` row once
+read 56 of 48 GB here.)
 """
 
 from __future__ import annotations
 
 import asyncio
 
-import pytest
-from runtime_fakes import FakeSleep, make_manager, settle, wait_for
+from helpers import wait_for
+from runtime_fakes import FakeSleep, make_manager, settle
 
 from vllm_gateway.lifecycle import State
 
 
-@pytest.mark.xfail(strict=True, reason="a waking model counts in full before its room is made "
-                   "(runtime: Instance.held_gb, Manager.used_gb); see the module's docstring")
 async def test_a_wake_waiting_for_its_room_never_reads_over_the_gpu() -> None:
     sleep = FakeSleep()
     manager, _ = make_manager({"a": 30, "b": 30}, gpus=[40], sleeper=sleep, sleep=1,

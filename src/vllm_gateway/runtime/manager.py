@@ -187,7 +187,7 @@ class Manager:
         for i in self.replicas():
             if i.placement and (i.launched or not launched_only):
                 for g in i.placement:
-                    used[g] = used.get(g, 0.0) + i.held_gb()
+                    used[g] = used.get(g, 0.0) + i.held_gb(on_gpu=launched_only)
         return used
 
     def host_used_gb(self) -> float:

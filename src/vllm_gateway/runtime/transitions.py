@@ -272,10 +272,12 @@ class Transitions:
         svc = self.svc
         began = svc.clock.now()
         level = inst.sleep_level or 1
+        inst.wake_sent = False
         try:
             if evictions:
                 await asyncio.gather(*evictions, return_exceptions=True)
             assert inst.base_url is not None
+            inst.wake_sent = True
             await svc.sleep.wake(inst.base_url, level)
             if inst.cfg.wake_check and inst.reference_answer is not None:
                 got = await svc.sleep.answer(inst.base_url, inst.name)
@@ -285,11 +287,13 @@ class Transitions:
                     raise SleepError(f"wake check: answered {got!r}, expected "
                                      f"{inst.reference_answer!r} as after the cold start")
         except SleepError as exc:
+            inst.wake_sent = False
             svc.events.add(inst.name, EventKind.WAKE_FAILED, inst.said(f"{exc}; cold-starting it"))
             if inst.life.move(State.WAKING, State.STOPPING):
                 await self.release(inst)
             return None
         took = svc.clock.now() - began
+        inst.wake_sent = False
         inst.sleep_level, inst.host_gb, inst.asleep_since, inst.residual_gb = None, 0.0, None, None
         if not inst.life.move(State.WAKING, State.READY):
             return None
