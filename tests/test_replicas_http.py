@@ -8,20 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-from harness import GatewayProc, chat, fake_command, wait_until
+from harness import chat, fake_command
+from helpers import wait_until
 
 
 def answered_by(port: int) -> int:
     """Generations a backend received, from its own request log."""
     log = httpx.get(f"http://127.0.0.1:{port}/fake/requests", timeout=10).json()
     return sum(1 for entry in log if entry["target"] == "/v1/chat/completions")
-
-
-def metric(gw: GatewayProc, line_start: str) -> float:
-    for line in httpx.get(gw.url + "/metrics", timeout=10).text.splitlines():
-        if line.startswith(line_start):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no metric line starting {line_start!r}")
 
 
 def test_two_replicas_answer_and_an_operator_sets_the_count(gateway: Any) -> None:
@@ -43,7 +37,7 @@ def test_two_replicas_answer_and_an_operator_sets_the_count(gateway: Any) -> Non
                                         for r in doc["replicas"])
     counts = [answered_by(port) for port in ports]
     assert sum(counts) == 4 and min(counts) >= 1, counts
-    assert metric(gw, 'vllm_gateway_replica_starts_total{model="m",replica="1"}') == 1
+    assert gw.metric("vllm_gateway_replica_starts_total", model="m", replica="1") == 1
     gw.wait_counters_zero()
     with gw.client() as c:
         one = c.post("/gateway/models/m/load", json={"replicas": 1})
@@ -56,4 +50,4 @@ def test_two_replicas_answer_and_an_operator_sets_the_count(gateway: Any) -> Non
         assert too_many.status_code == 400 and "replicas.max" in too_many.json()["error"]["message"]
         bad = c.post("/gateway/models/m/load", json={"replicas": "two"})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "replicas"
-        assert c.post("/gateway/models/m/load").json()["state"] == "ready"
+        assert c.post("/gateway/models/m/load").json() == {"name": "m", "state": "ready"}

@@ -62,7 +62,8 @@ async def _replicas_asked(request: web.Request) -> int | None:
 
 async def load(request: web.Request) -> web.Response:
     """Start the model now; with ``{"replicas": K}``, run that many replicas now. Answers
-    the model's state (``ready`` if any replica is) and how many replicas hold memory."""
+    the model's state (``ready`` if any replica is) and, when a count was asked for, how
+    many replicas hold memory."""
     request.app[AUTH_KEY].require_admin(request.headers.get("Authorization"))
     inst, adapter = _target(request)
     manager = request.app[GATEWAY_KEY].manager
@@ -72,8 +73,10 @@ async def load(request: web.Request) -> web.Response:
     replicas = await _replicas_asked(request)
     await manager.load(inst, replicas)
     group = manager.models[inst.name]
-    return web.json_response({"name": inst.name, "state": group.state.value,
-                              "replicas": len(group.holding())})
+    answer: dict[str, object] = {"name": inst.name, "state": group.state.value}
+    if replicas is not None:
+        answer["replicas"] = len(group.holding())
+    return web.json_response(answer)
 
 
 async def unload(request: web.Request) -> web.Response:
