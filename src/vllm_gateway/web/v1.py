@@ -37,7 +37,7 @@ from .keys import AUTH_KEY, GATEWAY_KEY, MAX_BODY_KEY, PATH_KEY
 from .middleware import client_request_id, error_response
 from .paths import InvalidPath
 
-log = logging.getLogger("vllm_gateway.app")
+log = logging.getLogger("vllm_gateway.web")
 
 
 @dataclass
