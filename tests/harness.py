@@ -8,11 +8,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,15 +17,9 @@ from typing import Any
 import httpx
 import psutil
 import yaml
+from helpers import free_port, metric, scrape, wait_until
 
 PY = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def fake_command(*extra: str, worker: bool = True, startup_delay: float = 0.2) -> list[str]:
@@ -38,18 +29,6 @@ def fake_command(*extra: str, worker: bool = True, startup_delay: float = 0.2) -
     if not worker:
         cmd.append("--no-worker")
     return cmd + list(extra)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05,
-               what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value: {last!r}")
 
 
 def descendants(pid: int) -> list[psutil.Process]:
@@ -83,6 +62,10 @@ class GatewayProc:
             if m["name"] == name:
                 return dict(m)
         raise KeyError(name)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One series of ``/metrics`` (summed over other labels); 0 when it is not there."""
+        return metric(scrape(self.url, timeout=10), name, **labels)
 
     def wait_state(self, name: str, state: str, timeout: float = 30.0) -> dict[str, Any]:
         def reached() -> dict[str, Any] | None:

@@ -15,16 +15,7 @@ import time
 from collections.abc import Callable
 
 import psutil
-
-HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+from helpers import HOST
 
 
 def port_open(port: int, host: str = HOST) -> bool:

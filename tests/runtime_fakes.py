@@ -118,13 +118,5 @@ async def settle(manager: Manager) -> None:
             await asyncio.gather(inst.transition, return_exceptions=True)
 
 
-async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
-
-
 def kinds(manager: Manager, kind: str) -> list[str]:
     return [e["model"] for e in manager.svc.events.since(0)["events"] if e["kind"] == kind]

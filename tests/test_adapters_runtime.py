@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from runtime_fakes import FakeLora, make_manager, wait_for
+from helpers import wait_for
+from runtime_fakes import FakeLora, make_manager
 
 from vllm_gateway.config import AdapterConfig
 from vllm_gateway.errors import BackendUnavailable, ModelNotFound

@@ -20,7 +20,8 @@ from typing import IO, Any
 import httpx
 import psutil
 import pytest
-from harness import PY, GatewayProc, chat, fake_command, free_port, start_gateway, wait_until
+from harness import PY, GatewayProc, chat, fake_command, start_gateway
+from helpers import free_port, wait_until
 
 from vllm_gateway.client import new_lines
 

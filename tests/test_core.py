@@ -9,7 +9,8 @@ import signal
 import httpx
 import openai
 import psutil
-from harness import chat, descendants, fake_command, sse_events, wait_until
+from harness import chat, descendants, fake_command, sse_events
+from helpers import wait_until
 
 
 def two_models() -> dict[str, object]:

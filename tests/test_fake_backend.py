@@ -17,9 +17,9 @@ from typing import Any
 import aiohttp
 import psutil
 import pytest
+from helpers import free_port
 from procutil import (
     fake_backend_cmd,
-    free_port,
     group_pids,
     kill_group,
     port_open,

@@ -15,7 +15,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from procutil import fake_backend_cmd, free_port, kill_group, wait_port_blocking
+from helpers import free_port
+from procutil import fake_backend_cmd, kill_group, wait_port_blocking
 
 NAME = "tiny"
 DEV = {"VLLM_SERVER_DEV_MODE": "1"}

@@ -12,7 +12,8 @@ import time
 
 import httpx
 import psutil
-from harness import PY, chat, fake_command, start_gateway, wait_until
+from harness import PY, chat, fake_command, start_gateway
+from helpers import wait_until
 
 FAST_FAULTS = {"start_backoff_s": 1, "start_backoff_max_s": 30, "max_failed_starts": 2,
                "health_interval_s": 0.3, "unhealthy_probes": 2, "stop_grace_s": 3}

@@ -6,7 +6,8 @@ import asyncio
 from typing import Any
 
 import pytest
-from runtime_fakes import make_manager, settle, wait_for
+from helpers import wait_for
+from runtime_fakes import make_manager, settle
 
 from vllm_gateway.errors import BackendUnavailable
 from vllm_gateway.launchers.fake import FakeLauncher

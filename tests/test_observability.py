@@ -12,7 +12,8 @@ from typing import Any
 
 import httpx
 import openai
-from harness import GatewayProc, chat, fake_command, sse_events, wait_until
+from harness import GatewayProc, chat, fake_command, sse_events
+from helpers import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from vllm_gateway.metrics import Metrics

@@ -8,7 +8,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from runtime_fakes import make_manager, wait_for
+from helpers import wait_for
+from runtime_fakes import make_manager
 
 from vllm_gateway.admission import QueueFull
 from vllm_gateway.lifecycle import State

@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import httpx
 import psutil
-from harness import GatewayProc, chat, fake_command, wait_until
+from harness import GatewayProc, chat, fake_command
+from helpers import wait_until
 
 Start = Callable[..., GatewayProc]
 

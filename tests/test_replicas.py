@@ -9,7 +9,8 @@ import asyncio
 from typing import Any
 
 import pytest
-from runtime_fakes import kinds, make_manager, settle, wait_for
+from helpers import wait_for
+from runtime_fakes import kinds, make_manager, settle
 
 from vllm_gateway.config import Replicas
 from vllm_gateway.errors import BadRequest

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import GatewayProc, chat, fake_command, start_gateway, wait_until
+from harness import GatewayProc, chat, fake_command, start_gateway
+from helpers import wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from security_helpers import (

@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 import psutil
-from harness import GatewayProc, chat, fake_command, wait_until
+from harness import GatewayProc, chat, fake_command
+from helpers import wait_until
 
 Start = Callable[..., GatewayProc]
 FAST_FAULTS = {"health_interval_s": 0.3, "unhealthy_probes": 2, "stop_grace_s": 3}
@@ -37,16 +38,6 @@ def text(resp: httpx.Response) -> str:
     assert resp.status_code == 200, resp.text
     content: str = resp.json()["choices"][0]["message"]["content"]
     return content
-
-
-def metric(gw: GatewayProc, name: str, **labels: str) -> float:
-    """One sample of ``/metrics``; 0 when the series is not there."""
-    for line in httpx.get(gw.url + "/metrics", timeout=10).text.splitlines():
-        series, _, value = line.rpartition(" ")
-        if series.startswith(name + "{") and all(f'{k}="{v}"' in series
-                                                for k, v in labels.items()):
-            return float(value)
-    return 0.0
 
 
 def events(gw: GatewayProc, model: str, kind: str) -> list[dict[str, Any]]:
@@ -77,7 +68,7 @@ def test_an_idle_model_sleeps_and_concurrent_requests_wake_it_once(gateway: Star
     # The server stays: same process, and it says it sleeps.
     assert asleep["pid"] == pid and psutil.pid_exists(pid)
     assert backend_stats(gw, "m")["is_sleeping"] is True
-    assert metric(gw, "vllm_gateway_sleeps_total", model="m", level="1") == 1
+    assert gw.metric("vllm_gateway_sleeps_total", model="m", level="1") == 1
     assert "level 1 (idle)" in events(gw, "m", "asleep")[-1]["message"]
 
     with ThreadPoolExecutor(4) as pool:
@@ -86,8 +77,8 @@ def test_an_idle_model_sleeps_and_concurrent_requests_wake_it_once(gateway: Star
     woken = gw.model("m")
     assert woken["pid"] == pid and woken["state"] in ("ready", "sleeping")
     assert woken["last_wake_s"] >= 0.5
-    assert metric(gw, "vllm_gateway_wakes_total", model="m") == 1
-    assert metric(gw, "vllm_gateway_model_starts_total", model="m") == 1
+    assert gw.metric("vllm_gateway_wakes_total", model="m") == 1
+    assert gw.metric("vllm_gateway_model_starts_total", model="m") == 1
     assert len(events(gw, "m", "woken")) == 1
     gw.wait_counters_zero()
 
@@ -109,8 +100,8 @@ def test_a_second_model_puts_the_first_to_sleep_instead_of_stopping_it(gateway: 
     b = gw.model("b")
     assert (b["state"], b["pid"]) == ("sleeping", pid_b)
     assert gw.model("a")["pid"] == pid_a
-    assert metric(gw, "vllm_gateway_model_starts_total", model="a") == 1
-    assert metric(gw, "vllm_gateway_wakes_total", model="a") == 1
+    assert gw.metric("vllm_gateway_model_starts_total", model="a") == 1
+    assert gw.metric("vllm_gateway_wakes_total", model="a") == 1
 
 
 def test_a_failed_sleep_stops_the_model_and_says_why(gateway: Start) -> None:
@@ -126,10 +117,10 @@ def test_a_failed_sleep_stops_the_model_and_says_why(gateway: Start) -> None:
         [failed] = events(gw, name, "sleep_failed")
         assert why in failed["message"], failed
         wait_until(lambda p=pids[name]: gone(p), 15, what=f"{name} gone")
-        assert metric(gw, "vllm_gateway_sleeps_total", model=name, level="1") == 0
+        assert gw.metric("vllm_gateway_sleeps_total", model=name, level="1") == 0
     # The next request starts it cold.
     text(post(gw, "loud"))
-    assert metric(gw, "vllm_gateway_model_starts_total", model="loud") == 2
+    assert gw.metric("vllm_gateway_model_starts_total", model="loud") == 2
 
 
 def test_a_failed_wake_is_served_by_a_cold_start(gateway: Start) -> None:
@@ -143,8 +134,8 @@ def test_a_failed_wake_is_served_by_a_cold_start(gateway: Start) -> None:
     assert "cold-starting" in failed["message"]
     assert gw.model("m")["pid"] != pid
     assert gone(pid)
-    assert metric(gw, "vllm_gateway_model_starts_total", model="m") == 2
-    assert metric(gw, "vllm_gateway_wakes_total", model="m") == 0
+    assert gw.metric("vllm_gateway_model_starts_total", model="m") == 2
+    assert gw.metric("vllm_gateway_wakes_total", model="m") == 0
     gw.wait_counters_zero()
 
 
@@ -173,12 +164,12 @@ def test_a_client_gone_while_its_model_wakes_leaves_nothing_behind(gateway: Star
     # The client hung up during the wake: nothing of it is left in the counters.
     assert gw.model("m")["state"] == "waking"
     gw.wait_counters_zero(timeout=10)
-    wait_until(lambda: metric(gw, "vllm_gateway_requests_total", model="m", code="499") == 1,
+    wait_until(lambda: gw.metric("vllm_gateway_requests_total", model="m", code="499") == 1,
                10, what="the disconnect counted as 499")
     settled = wait_until(lambda: (m := gw.model("m"))["state"] in ("ready", "sleeping") and m,
                          15, what="the wake to finish")
     assert settled["in_flight"] == 0 and settled["queued"] == 0
-    assert metric(gw, "vllm_gateway_requests_queued", model="m") == 0
-    assert metric(gw, "vllm_gateway_requests_in_flight", model="m") == 0
+    assert gw.metric("vllm_gateway_requests_queued", model="m") == 0
+    assert gw.metric("vllm_gateway_requests_in_flight", model="m") == 0
     # The model still works afterwards.
     text(post(gw, "m"))

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from runtime_fakes import FakeSleep, kinds, make_manager, settle, wait_for
+from helpers import wait_for
+from runtime_fakes import FakeSleep, kinds, make_manager, settle
 
 from vllm_gateway.lifecycle import State
 from vllm_gateway.runtime.clock import ManualClock

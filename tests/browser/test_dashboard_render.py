@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from harness import free_port
+from helpers import free_port
 from stub_gateway import StubGateway
 
 Screenshot = Callable[[Any, str], Awaitable[Path]]  # the conftest's screenshot fixture

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from harness import free_port
+from helpers import free_port
 from stub_gateway import StubGateway, swap_demo
 
 Screenshot = Callable[..., Awaitable[Path]]  # the conftest's screenshot fixture

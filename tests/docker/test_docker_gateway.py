@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 from harness import GatewayProc, chat
-from procutil import free_port
+from helpers import free_port
 
 from vllm_gateway.launchers.docker_config import LABEL_INSTANCE, LABEL_MODEL
 

@@ -14,7 +14,8 @@ from typing import Any
 import aiodocker
 import aiohttp
 import pytest
-from procutil import free_port, port_open
+from helpers import free_port
+from procutil import port_open
 
 from vllm_gateway.config import DockerSpec, ModelConfig
 from vllm_gateway.launchers.base import LaunchError, LaunchSpec

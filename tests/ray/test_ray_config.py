@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 from conftest import _need_ray, ray_model
-from harness import free_port, start_gateway
+from harness import start_gateway
+from helpers import free_port
 
 pytestmark = pytest.mark.ray
 

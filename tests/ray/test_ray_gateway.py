@@ -7,7 +7,6 @@ node agents.
 
 from __future__ import annotations
 
-import re
 import signal
 import threading
 import time
@@ -16,21 +15,10 @@ from typing import Any
 import httpx
 import pytest
 from conftest import GPU_GB, backend_processes, ray_model
-from harness import chat, sse_events, wait_until
+from harness import chat, sse_events
+from helpers import wait_until
 
 pytestmark = pytest.mark.ray
-
-
-def metric(gw: Any, name: str, **labels: str) -> float:
-    text = httpx.get(gw.url + "/metrics", timeout=10).text
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    total = 0.0
-    for line in text.splitlines():
-        match = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
-        if match and all(f'{k}="{v}"' in match.group(1) for k, v in labels.items()):
-            total += float(match.group(2))
-    assert want is not None
-    return total
 
 
 def ask(gw: Any, model: str, stream: bool = False, **extra: Any) -> httpx.Response:
@@ -79,11 +67,11 @@ def test_placement_eviction_and_idle_stop_across_nodes(shared_cluster: Any, ray_
     assert gw.model("tp")["state"] == "stopped"
     assert gw.model("m1")["state"] == "ready"
     assert gw.model("m2")["node"] == two.node_id()
-    assert metric(gw, "vllm_gateway_model_evictions_total", model="tp", reason="lru") == 1
+    assert gw.metric("vllm_gateway_model_evictions_total", model="tp", reason="lru") == 1
 
     # Idle for idle_timeout_s: stopped, counted.
     gw.wait_state("m2", "stopped", timeout=30)
-    assert metric(gw, "vllm_gateway_model_evictions_total", model="m2", reason="idle") == 1
+    assert gw.metric("vllm_gateway_model_evictions_total", model="m2", reason="idle") == 1
     assert len(backend_processes(mark)) >= 1  # m1 still runs
 
     assert gw.stop(signal.SIGTERM) == 0

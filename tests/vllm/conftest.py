@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from procutil import free_port
+from helpers import free_port
 from vllm_proc import VllmServer, VllmStack
 
 HERE = Path(__file__).resolve().parent

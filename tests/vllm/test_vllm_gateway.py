@@ -29,17 +29,17 @@ import httpx
 import openai
 import psutil
 import pytest
-from harness import GatewayProc, start_gateway, wait_until
-from procutil import HOST, group_pids
+from harness import GatewayProc, start_gateway
+from helpers import HOST, metric, wait_until
+from procutil import group_pids
 from vllm_gateway_helpers import (
     HTTP_TIMEOUT_S,
     backend_gauges,
+    backend_metrics,
     describe,
     events,
     gateway_tree,
-    metric,
     running,
-    scrape,
     server_tree,
     wait_all_gone,
 )
@@ -264,7 +264,7 @@ def test_client_disconnect_mid_stream_aborts_generation_in_vllm(
     alpha = gw.model(ALPHA)
     port = alpha["port"]
     worker = next(p for p in server_tree(alpha["pid"]) if "Worker" in p.name())
-    length_done = metric(scrape(port), "vllm:request_success_total", finished_reason="length")
+    length_done = metric(backend_metrics(port), "vllm:request_success_total", finished_reason="length")
     stream = client.completions.create(
         model=ALPHA,
         prompt="Once upon a time",
@@ -278,7 +278,7 @@ def test_client_disconnect_mid_stream_aborts_generation_in_vllm(
                 break
         worker.suspend()
         try:
-            assert metric(scrape(port), "vllm:num_requests_running") == 1, (
+            assert metric(backend_metrics(port), "vllm:num_requests_running") == 1, (
                 "the stream ended before the client left: this machine is too slow for the test"
             )
             # The gateway's status shows vLLM working on it, read from vLLM's own gauges.
@@ -295,13 +295,13 @@ def test_client_disconnect_mid_stream_aborts_generation_in_vllm(
         worker.resume()
 
     wait_until(
-        lambda: metric(scrape(port), "vllm:num_requests_running") == 0,
+        lambda: metric(backend_metrics(port), "vllm:num_requests_running") == 0,
         120,
         interval=0.2,
         what="vLLM's num_requests_running back to 0",
     )
     # Stopped, not finished: a request that ran to max_tokens would count as "length".
-    after = scrape(port)
+    after = backend_metrics(port)
     assert metric(after, "vllm:request_success_total", finished_reason="length") == length_done
     assert metric(after, "vllm:num_requests_waiting") == 0
     gw.wait_counters_zero(60)

@@ -21,14 +21,13 @@ from collections.abc import Iterator
 import httpx
 import psutil
 import pytest
-from harness import GatewayProc, start_gateway, wait_until
-from procutil import HOST
+from harness import GatewayProc, start_gateway
+from helpers import HOST, metric, wait_until
 from vllm_gateway_helpers import (
     HTTP_TIMEOUT_S,
     describe,
     events,
     gateway_tree,
-    metric,
     running,
 )
 from vllm_proc import DROPPED_ENV, VllmStack

@@ -14,9 +14,9 @@ from typing import Any
 
 import httpx
 import psutil
-from harness import GatewayProc, wait_until
-from procutil import HOST, group_pids
-from prometheus_client.parser import text_string_to_metric_families
+from harness import GatewayProc
+from helpers import HOST, scrape, wait_until
+from procutil import group_pids
 
 # Generation on a busy 2-core machine can stall for seconds, a start takes up to minutes.
 HTTP_TIMEOUT_S = 300.0
@@ -86,21 +86,9 @@ def wait_all_gone(procs: list[psutil.Process], what: str, timeout: float = GONE_
         raise AssertionError(f"{what}: still running after {timeout} s: {describe(left)}") from None
 
 
-def scrape(port: int) -> str:
+def backend_metrics(port: int) -> str:
     """vLLM's own Prometheus text, read straight from the backend."""
-    response = httpx.get(f"http://{HOST}:{port}/metrics", timeout=60)
-    response.raise_for_status()
-    return response.text
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples called ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += float(sample.value)
-    return total
+    return scrape(f"http://{HOST}:{port}")
 
 
 def backend_gauges(gw: GatewayProc, name: str) -> dict[str, Any] | None:

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-from procutil import HOST, group_pids
+from helpers import HOST
+from procutil import group_pids
 
 # Load time under a busy 2-core machine reached 53 s; leave a wide margin.
 STARTUP_TIMEOUT_S = float(os.environ.get("VLLM_STARTUP_TIMEOUT_S", "300"))
