@@ -14,7 +14,8 @@ body. This package imports nothing heavy so that the worker starts lean.
 Endpoints: ``GET /health``, ``/v1/models``, ``/version``, ``/metrics``;
 ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``.
 Test hooks: ``GET /fake/stats``, ``GET /fake/last_request``, ``POST /fake/hang``
-(neither ``/health`` nor a generation answers from then on), ``POST /fake/reset_stats``.
+(neither ``/health`` nor a generation answers from then on), ``POST /fake/reset_stats``,
+``GET /fake/requests`` (method and raw target of every request received).
 Per request: ``"fake": {"token_delay": s, "stall_after": n, "tokens": n, "status": code}``.
 Flags: ``--help``.
 """
