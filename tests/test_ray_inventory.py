@@ -122,3 +122,14 @@ async def test_a_lost_node_fails_its_model_with_the_cause_and_frees_its_gpu() ->
     assert on_a.state is State.READY and on_a.placement == (1,)
     assert other.state is State.STOPPED
     assert len(launcher.handles) == 3
+
+
+async def test_a_model_with_node_is_placed_only_on_that_node() -> None:
+    manager, _ = make_manager({"m": 8, "free": 8}, per_model={"m": {"node": "10.0.0.2"}})
+    names = {"a" * 20: frozenset({"a" * 20, "10.0.0.1"}),
+             "b" * 20: frozenset({"b" * 20, "10.0.0.2", "gpu-b"})}
+    set_gpus(manager, [Gpu(0, 24, "a" * 20), Gpu(1, 24, "b" * 20)], {}, names)
+    m, free = manager.instances["m"], manager.instances["free"]
+    await manager.ensure_ready(free)
+    await manager.ensure_ready(m)
+    assert free.placement == (0,) and m.placement == (1,)  # not beside free on the first GPU

@@ -151,8 +151,8 @@ class Gateway:
 
         for cause in causes.values():
             self.events.add("-", EventKind.NODE, cause)
-        if self._manager is not None and self.config.gpus == "ray":
-            set_gpus(self._manager, gpus, causes)
+        if self._manager is not None and self.inventory is not None and self.config.gpus == "ray":
+            set_gpus(self._manager, gpus, causes, self.inventory.node_names())
 
     def _open_gpus(self) -> list[planner.Gpu]:
         gpus = self.config.gpus
@@ -222,6 +222,7 @@ class Gateway:
         self.metrics.watch(self.status)
         self._monitor.start()
         if self.inventory is not None:
+            self._manager.claims.node_names = self.inventory.node_names()
             self.inventory.start()
         self._tasks.append(asyncio.create_task(self._manager.preload()))
         self.accepting = True

@@ -80,6 +80,9 @@ class Inventory:
     def node_ips(self) -> dict[str, str]:
         return {entry.node.id: entry.node.ip for entry in self.nodes.values()}
 
+    def node_names(self) -> dict[str, frozenset[str]]:
+        return {entry.node.id: entry.node.names() for entry in self.nodes.values()}
+
     def max_gpus_per_node(self) -> int:
         return max((len(e.ids) for e in self.nodes.values()), default=0)
 

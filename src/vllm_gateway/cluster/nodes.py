@@ -27,10 +27,12 @@ class NodeInfo:
     def short(self) -> str:
         return f"{self.ip} ({self.id[:12]})"
 
+    def names(self) -> frozenset[str]:
+        """What a model's ``node:`` may call it: its id, short id, IP or a label's value."""
+        return frozenset({self.id, self.id[:12], self.ip, *self.labels.values()})
+
     def matches(self, wanted: str) -> bool:
-        """A model's ``node:``: the node's id (or a prefix of 8+ characters), IP or a label."""
-        return (wanted == self.ip or (len(wanted) >= 8 and self.id.startswith(wanted))
-                or wanted in self.labels.values())
+        return wanted in self.names()
 
 
 class NodeSource(Protocol):

@@ -22,12 +22,15 @@ import socket
 import subprocess
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from ..handles import LogBuffer
 from .subprocess import ProcessHandle
 
-KEEPER = "vllm_gateway.launchers.ray_keeper"
+# The keeper runs as `python -S -c SOURCE`: stdlib only, so no site packages to scan on the
+# way to a cold start.
+KEEPER_SOURCE = Path(__file__).with_name("ray_keeper.py").read_text()
 LOG_LINES = 1000
 _PR_SET_PDEATHSIG = 1
 _GIB = 1024**3
@@ -115,7 +118,7 @@ class NodeAgent:
         full_env.setdefault("PYTHONUNBUFFERED", "1")
         try:
             popen = subprocess.Popen(  # noqa: ASYNC220 - a quick fork, on the loop's thread
-                [sys.executable, "-m", KEEPER, *command], stdin=subprocess.DEVNULL,
+                [sys.executable, "-S", "-c", KEEPER_SOURCE, *command], stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env,
                 start_new_session=True, preexec_fn=_die_with_agent)  # noqa: PLW1509
         except OSError as exc:

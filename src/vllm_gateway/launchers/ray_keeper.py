@@ -1,4 +1,4 @@
-"""The process between a node agent and a model server: ``python -m ...ray_keeper ARGV...``.
+"""The process between a node agent and a model server: ``python -S -c SOURCE ARGV...``.
 
 When a Ray worker exits, its raylet SIGKILLs the worker's direct children. A model server
 that was a direct child would die without stopping its own workers (SIGKILL of vLLM's api
@@ -6,7 +6,7 @@ server leaves its engine core and workers running). The keeper is that direct ch
 instead: it runs the server in the keeper's own process group with a parent-death signal of
 SIGTERM tied to the keeper, so however the keeper goes, the server gets SIGTERM and stops
 its workers. The keeper outlives a SIGTERM sent to the group, so that it can exit with the
-server's own code once the server is gone.
+server's own code once the server is gone. It imports nothing outside the standard library.
 """
 
 from __future__ import annotations

@@ -32,6 +32,9 @@ FIRST_GUESS_SHARE = 0.1
 class Claims:
     def __init__(self, manager: Manager) -> None:
         self.m = manager
+        # What a model's ``node:`` may name, for each node of the inventory (a Ray cluster's:
+        # its id, short id, IP and label values); set with the inventory (runtime.nodes).
+        self.node_names: dict[str, frozenset[str]] = {}
 
     # -- costs ----------------------------------------------------------------------------
 
@@ -92,6 +95,10 @@ class Claims:
             return planner.Need(inst.key, inst.vram_gb, len(inst.placement),
                                 frozenset(inst.placement))
         allowed = frozenset(cfg.gpu_ids) if cfg.gpu_ids is not None else None
+        if cfg.node is not None:
+            on_node = frozenset(g.id for g in self.m.gpus
+                                if cfg.node in self.node_names.get(g.node, ()))
+            allowed = on_node if allowed is None else allowed & on_node
         return planner.Need(inst.key, vram, cfg.gpu_count, allowed)
 
     def _plan(self, inst: Instance, evictable: frozenset[str] = frozenset(),

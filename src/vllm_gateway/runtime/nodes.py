@@ -23,12 +23,15 @@ from .manager import Manager
 _FAILS = (State.READY, State.DRAINING, State.SLEEPING, State.WAKING)
 
 
-def set_gpus(manager: Manager, gpus: list[planner.Gpu], causes: Mapping[str, str]
-             ) -> list[str]:
-    """Replace the inventory; returns the keys of the replicas that lost their GPUs."""
+def set_gpus(manager: Manager, gpus: list[planner.Gpu], causes: Mapping[str, str],
+             names: Mapping[str, frozenset[str]] | None = None) -> list[str]:
+    """Replace the inventory (``names``: what a model's ``node:`` may call each node);
+    returns the keys of the replicas that lost their GPUs."""
     old_node = {g.id: g.node for g in manager.gpus}
     present = {g.id for g in gpus}
     manager.gpus = list(gpus)
+    if names is not None:
+        manager.claims.node_names = dict(names)
     hit = []
     for inst in list(manager.replicas()):
         gone = [g for g in inst.placement or () if g not in present]
