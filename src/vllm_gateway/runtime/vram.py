@@ -97,8 +97,8 @@ async def measure(inst: Instance, reader: GpuReader, group_pids: Callable[[int],
     cfg = inst.cfg
     if cfg.vram_auto:
         inst.vram_gb = measured
-        events.add(inst.name, EventKind.READY, inst.said(
-            f"measured {measured:g} GB per GPU (vram_gb: auto)"))
+        log.info("model %s: %s", inst.name,
+                 inst.said(f"holds {measured:g} GB per GPU, accounted so (vram_gb: auto)"))
     elif measured > cfg.vram_gb * (1 + OVER_SHARE):
         inst.vram_warning = (f"holds {measured:g} GB per GPU, over its vram_gb of "
                              f"{cfg.vram_gb:g}: the planner may over-commit its GPUs; raise "
