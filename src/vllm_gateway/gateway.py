@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import psutil
 
-from . import planner
+from . import planner, upstream
 from .backend_metrics import scrape_backend_metrics
 from .cluster.nodes import ClusterError
 from .config import GatewayConfig
@@ -99,7 +99,7 @@ class Gateway:
         self._launchers_override = launchers
         self._sleep_override = sleep_control
         self.gpus_reader: GpuReader = NullGpuReader()
-        self.session: aiohttp.ClientSession | None = None
+        self.upstream: upstream.Client | None = None
         self.probe_session: aiohttp.ClientSession | None = None
         self._manager: Manager | None = None
         self._monitor: Monitor | None = None
@@ -190,9 +190,7 @@ class Gateway:
         gpus = self._open_gpus()
         pool = self.config.http_pool_size or max(
             sum(m.max_concurrent for m in self.config.models.values()), 100)
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=pool, limit_per_host=0, ttl_dns_cache=None),
-            auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"))
+        self.upstream = upstream.Client(limit=pool)
         self.probe_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=32, force_close=True))
         launchers = self._make_launchers()
@@ -218,7 +216,7 @@ class Gateway:
         probe_session = self.probe_session
         self._monitor = Monitor(self._manager,
                                 lambda base, name: scrape_backend_metrics(probe_session, base, name))
-        self._proxy = Proxy(self.session, self.config.retry, self.metrics)
+        self._proxy = Proxy(self.upstream, self.config.retry, self.metrics)
         self.metrics.watch(self.status)
         self._monitor.start()
         if self.inventory is not None:
@@ -254,9 +252,10 @@ class Gateway:
             for launcher in self._manager.svc.launchers.values():
                 with contextlib.suppress(Exception):
                     await launcher.close()
-        for session in (self.session, self.probe_session):
-            if session is not None:
-                await session.close()
+        if self.upstream is not None:
+            self.upstream.close()
+        if self.probe_session is not None:
+            await self.probe_session.close()
         with contextlib.suppress(Exception):
             self.gpus_reader.close()
         if self.cluster is not None:

@@ -13,12 +13,12 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from . import upstream
 from .config import RetryConfig
 from .errors import BackendError, BackendTimeout, GatewayError, NotDelivered
 from .metrics import Metrics
@@ -37,10 +37,10 @@ HOP_BY_HOP = frozenset({
 })
 
 
-def _connection_listed(headers: CIMultiDictProxy[str]) -> set[str]:
+def _connection_listed(values: Iterable[str]) -> set[str]:
     """Headers that the Connection header names are hop-by-hop too (RFC 9110, 7.6.1)."""
-    return {name.strip().lower() for value in headers.getall("Connection", [])
-            for name in value.split(",") if name.strip()}
+    return {name.strip().lower() for value in values for name in value.split(",")
+            if name.strip()}
 
 
 def _hop_by_hop(lower: str, listed: set[str]) -> bool:
@@ -49,24 +49,24 @@ def _hop_by_hop(lower: str, listed: set[str]) -> bool:
 
 
 def forward_headers(headers: CIMultiDictProxy[str], keep_authorization: bool, request_id: str
-                    ) -> CIMultiDict[str]:
-    listed = _connection_listed(headers)
-    out: CIMultiDict[str] = CIMultiDict()
+                    ) -> list[tuple[str, str]]:
+    listed = _connection_listed(headers.getall("Connection", ()))
+    out: list[tuple[str, str]] = []
     for key, value in headers.items():
         lower = key.lower()
         if _hop_by_hop(lower, listed) or lower == "x-request-id":
             continue
         if lower == "authorization" and not keep_authorization:
             continue
-        out.add(key, value)
-    out["X-Request-ID"] = request_id
+        out.append((key, value))
+    out.append(("X-Request-ID", request_id))
     return out
 
 
-def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    listed = _connection_listed(headers)
+def response_headers(headers: list[tuple[str, str]]) -> CIMultiDict[str]:
+    listed = _connection_listed(value for key, value in headers if key.lower() == "connection")
     out: CIMultiDict[str] = CIMultiDict()
-    for key, value in headers.items():
+    for key, value in headers:
         lower = key.lower()
         if _hop_by_hop(lower, listed) or lower in ("date", "server"):
             continue
@@ -81,69 +81,68 @@ def reading_answer(model: str, timeout_s: float) -> Iterator[None]:
         yield
     except TimeoutError as exc:
         raise BackendTimeout(f"model {model} sent no answer within {timeout_s:g} s") from exc
-    except aiohttp.ClientError as exc:
+    except upstream.UpstreamError as exc:
         raise BackendError(f"model {model}: the backend failed mid-answer ({exc})") from exc
 
 
 class Proxy:
-    def __init__(self, session: aiohttp.ClientSession, retry: RetryConfig, metrics: Metrics) -> None:
-        self.session = session
+    def __init__(self, client: upstream.Client, retry: RetryConfig, metrics: Metrics) -> None:
+        self.client = client
         self.retry = retry
         self.metrics = metrics
 
-    async def _send(self, lease: Lease, path: str, body: bytes, headers: CIMultiDict[str],
-                    timeout_s: float, ctx: RequestContext) -> aiohttp.ClientResponse:
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(timeout_s, 30.0) or None,
-                                        sock_read=timeout_s or None)
-        url = lease.base_url + path
+    async def _send(self, lease: Lease, path: str, body: bytes, headers: list[tuple[str, str]],
+                    timeout_s: float, ctx: RequestContext) -> upstream.Response:
         try:
-            return await self.session.post(url, data=body, headers=headers, timeout=timeout,
-                                           auto_decompress=False)
-        except aiohttp.ClientConnectorError as exc:
+            return await self.client.request(
+                lease.base_url, "POST", path, headers, body,
+                connect_timeout_s=min(timeout_s, 30.0) or None, read_timeout_s=timeout_s or None)
+        except upstream.NotSent as exc:
             # Nothing reached the backend: the web layer may send it again (web.v1.deliver).
             raise NotDelivered(f"model {lease.instance.name}: cannot connect to the backend "
-                               f"({exc.os_error or exc})") from exc
+                               f"({exc})") from exc
         except TimeoutError as exc:
             raise BackendTimeout(f"model {lease.instance.name} sent no answer within "
                                  f"{timeout_s:g} s") from exc
-        except aiohttp.ClientError as exc:
+        except upstream.UpstreamError as exc:
             raise BackendError(f"model {lease.instance.name}: the backend failed before "
                                f"answering ({type(exc).__name__}: {exc})") from exc
 
-    async def _forward_whole(self, upstream: aiohttp.ClientResponse, sink: ResponseSink,
+    async def _forward_whole(self, answer: upstream.Response, sink: ResponseSink,
                              ctx: RequestContext, timeout_s: float) -> None:
         with reading_answer(ctx.model, timeout_s):
-            data = await upstream.read()
+            data = await answer.read(timeout_s or None)
         ctx.mark_first_byte()
         counter = UsageCounter(self.metrics, ctx.model)
         counter.feed(data)
         counter.finish()
-        sink.whole(upstream.status, response_headers(upstream.headers), data)
+        sink.whole(answer.status, response_headers(answer.header_pairs()), data)
 
     async def forward(self, request: web.Request, sink: ResponseSink, lease: Lease, path: str,
                       body: bytes, ctx: RequestContext) -> None:
         cfg = lease.instance.cfg
+        timeout_s = cfg.request_timeout_s
+        read_timeout = timeout_s or None
         headers = forward_headers(request.headers, cfg.forward_authorization, ctx.request_id)
-        upstream = await self._send(lease, path, body, headers, cfg.request_timeout_s, ctx)
+        answer = await self._send(lease, path, body, headers, timeout_s, ctx)
         try:
-            is_stream = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
-            length = upstream.content_length
+            is_stream = answer.content_type.startswith("text/event-stream")
+            length = answer.content_length
             if not is_stream and length is not None and length <= WHOLE_BODY_MAX and \
                     not sink.prepared:
                 # A small JSON answer goes back in one write: cheaper than streaming it.
-                await self._forward_whole(upstream, sink, ctx, cfg.request_timeout_s)
+                await self._forward_whole(answer, sink, ctx, timeout_s)
                 return
-            chunks = upstream.content.iter_any()
-            with reading_answer(cfg.name, cfg.request_timeout_s):
-                first = await anext(chunks, b"")
+            with reading_answer(cfg.name, timeout_s):
+                first = await answer.chunk(read_timeout)
             ctx.mark_first_byte()
-            await sink.start(upstream.status, response_headers(upstream.headers),
-                             None if is_stream else upstream.content_length, is_stream)
+            await sink.start(answer.status, response_headers(answer.header_pairs()),
+                             None if is_stream else length, is_stream)
             counter = UsageCounter(self.metrics, cfg.name)
             counter.feed(first)
             await sink.write(first)
             try:
-                async for chunk in chunks:
+                while chunk := await answer.chunk(read_timeout):
                     counter.feed(chunk)
                     if is_stream and b"data: [DONE]" in chunk:
                         # Clients such as the openai SDK hang up as soon as they see this:
@@ -153,9 +152,9 @@ class Proxy:
             except TimeoutError:
                 ctx.error = "stream stalled"
                 await sink.abort(BackendTimeout(f"model {cfg.name} sent nothing for "
-                                                f"{cfg.request_timeout_s:g} s mid-answer"))
+                                                f"{timeout_s:g} s mid-answer"))
                 return
-            except aiohttp.ClientError as exc:
+            except upstream.UpstreamError as exc:
                 ctx.error = "backend died mid-answer"
                 await sink.abort(BackendError(f"model {cfg.name}: the backend failed mid-answer "
                                               f"({type(exc).__name__})"))
@@ -163,9 +162,10 @@ class Proxy:
             counter.finish()
             await sink.finish()
         finally:
-            # Closing (not releasing) drops the upstream connection at once when the client
-            # went away mid-stream, so the backend sees the disconnect and stops generating.
-            upstream.close()
+            # An answer not read to its end drops its connection at once (the client went
+            # away mid-stream), so the backend sees the disconnect and stops generating; a
+            # finished one goes back to the pool.
+            answer.close()
 
 
 class ResponseSink:
