@@ -43,22 +43,47 @@ class RateLimiter:
         return (1.0 - self.tokens) / self.rate
 
 
-class Authenticator:
-    def __init__(self, config: AuthConfig | None) -> None:
-        self.config = config
-        self.enabled = config is not None and bool(config.keys)
-        self.limiters: dict[str, RateLimiter] = {}
-        self.digests: list[tuple[bytes, AuthKey]] = []
-        if config is not None:
-            self.digests = [(_digest(key.key), key) for key in config.keys]
-            for key in config.keys:
-                if key.rate_limit_per_min:
-                    self.limiters[key.name] = RateLimiter(key.rate_limit_per_min)
+# Who a request is when the gateway has no keys: anyone may do anything.
+ANYONE = AuthKey(name="anyone", key="", models="*", admin=True)
 
-    def identify(self, authorization: str | None) -> AuthKey | None:
-        """The key a request presents, or None when auth is off. 401 for a bad key."""
-        if not self.enabled or self.config is None:
-            return None
+
+class Authenticator:
+    """Open access: the null object used when no key is configured."""
+
+    def identify(self, authorization: str | None) -> AuthKey:
+        """The key a request presents (401 for a bad or missing one where keys are on)."""
+        return ANYONE
+
+    def check_rate(self, key: AuthKey) -> None:
+        """429 with Retry-After when the key is over its rate limit."""
+
+    @staticmethod
+    def may_use(key: AuthKey, model: str) -> bool:
+        return key.models == "*" or model in key.models
+
+    def require_model(self, key: AuthKey, model: str) -> None:
+        if not self.may_use(key, model):
+            raise Forbidden(f"key '{key.name}' may not use model '{model}'")
+
+    def require_admin(self, authorization: str | None) -> None:
+        key = self.identify(authorization)
+        if not key.admin:
+            raise Forbidden(f"key '{key.name}' is not an admin key")
+
+    def require_status(self, authorization: str | None) -> None:
+        """Status, events and metrics: open unless ``auth.protect_status``."""
+
+
+class KeyAuthenticator(Authenticator):
+    """API keys from the config, compared in constant time."""
+
+    def __init__(self, config: AuthConfig) -> None:
+        self.config = config
+        self.digests = [(_digest(key.key), key) for key in config.keys]
+        self.limiters = {key.name: RateLimiter(key.rate_limit_per_min)
+                         for key in config.keys if key.rate_limit_per_min}
+
+    def identify(self, authorization: str | None) -> AuthKey:
         presented = ""
         if authorization and authorization[:7].lower() == "bearer ":
             presented = authorization[7:].strip()
@@ -74,9 +99,7 @@ class Authenticator:
             raise Unauthorized("invalid API key")
         return match
 
-    def check_rate(self, key: AuthKey | None) -> None:
-        if key is None:
-            return
+    def check_rate(self, key: AuthKey) -> None:
         limiter = self.limiters.get(key.name)
         if limiter is None:
             return
@@ -86,20 +109,13 @@ class Authenticator:
                 f"rate limit of key '{key.name}' exceeded ({key.rate_limit_per_min} requests per "
                 "minute)", headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
-    @staticmethod
-    def may_use(key: AuthKey | None, model: str) -> bool:
-        return key is None or key.models == "*" or model in key.models
-
-    def require_model(self, key: AuthKey | None, model: str) -> None:
-        if not self.may_use(key, model):
-            assert key is not None
-            raise Forbidden(f"key '{key.name}' may not use model '{model}'")
-
-    def require_admin(self, authorization: str | None) -> None:
-        key = self.identify(authorization)
-        if key is not None and not key.admin:
-            raise Forbidden(f"key '{key.name}' is not an admin key")
-
     def require_status(self, authorization: str | None) -> None:
-        if self.enabled and self.config is not None and self.config.protect_status:
+        if self.config.protect_status:
             self.identify(authorization)
+
+
+def authenticator(config: AuthConfig | None) -> Authenticator:
+    """Keys when the config has any, else open access."""
+    if config is None or not config.keys:
+        return Authenticator()
+    return KeyAuthenticator(config)

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..auth import Authenticator
+from ..auth import authenticator
 from ..config import GatewayConfig
 from ..gateway import Gateway
 from ..launchers.base import Launcher
@@ -25,7 +25,7 @@ def create_app(config: GatewayConfig, *, nvml: Any = None,
                           client_max_size=max_body)
     gateway = Gateway(config, nvml=nvml, launchers=launchers)
     app[GATEWAY_KEY] = gateway
-    app[AUTH_KEY] = Authenticator(config.auth)
+    app[AUTH_KEY] = authenticator(config.auth)
     app[MAX_BODY_KEY] = max_body
 
     async def on_startup(_: web.Application) -> None:

@@ -97,7 +97,7 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
 # -- the steps ----------------------------------------------------------------------------
 
 
-def identify(call: Call) -> AuthKey | None:
+def identify(call: Call) -> AuthKey:
     """The gateway takes requests, the path is one a model serves, the key is known."""
     if not call.gateway.accepting:
         raise BackendUnavailable("the gateway is shutting down")
@@ -138,7 +138,7 @@ def parse_body(body: bytes) -> dict[str, Any]:
     return doc
 
 
-def route(call: Call, key: AuthKey | None) -> Target:
+def route(call: Call, key: AuthKey) -> Target:
     """The model or adapter named, if the key may use it; the body names it as served."""
     auth = call.request.app[AUTH_KEY]
     inst, adapter = call.gateway.manager.resolve_target(call.doc["model"])
