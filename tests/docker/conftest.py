@@ -1,0 +1,14 @@
+"""The fixtures and hooks of the Docker suite, from docker_fixtures.py.
+
+They live there, under a name of their own, because mypy checks tests/ as one program and
+only one file of it can be the module ``conftest``.
+"""
+
+from docker_fixtures import (
+    docker_host as docker_host,
+    fake_image as fake_image,
+    prefix as prefix,
+    engine as engine,
+    make_launcher as make_launcher,
+    launcher as launcher,
+)
