@@ -110,11 +110,12 @@ class Inventory:
             elif await self.source.ping(alive[node_id], PING_TIMEOUT_S):
                 log.info("node %s answers again", alive[node_id].short)
                 del self._lost[node_id]
+        new = [node for node_id, node in alive.items()
+               if node_id not in self.nodes and node_id not in self._lost]
+        # Read in parallel: the first read on a node makes its agent (a Ray worker, seconds).
+        read = await asyncio.gather(*(self._sizes(node) for node in new))
         joined = []
-        for node_id, node in alive.items():
-            if node_id in self.nodes or node_id in self._lost:
-                continue
-            sizes = await self._sizes(node)
+        for node, sizes in zip(new, read):
             if sizes is None:
                 message = (f"ray.gpu_vram_gb: node {node.short} has {node.gpu_count} GPU(s) "
                            "and no NVML to read their memory; set ray.gpu_vram_gb")
@@ -124,7 +125,7 @@ class Inventory:
                 continue
             ids = tuple(range(self._next_id, self._next_id + len(sizes)))
             self._next_id += len(sizes)
-            self.nodes[node_id] = NodeGpus(node, ids, sizes)
+            self.nodes[node.id] = NodeGpus(node, ids, sizes)
             joined.append(node)
         for node_id in causes:
             del self.nodes[node_id]

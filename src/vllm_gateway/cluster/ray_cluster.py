@@ -148,9 +148,19 @@ class RayCluster:
         return sizes
 
     async def ping(self, node: NodeInfo, timeout_s: float) -> bool:
+        """The node's agent answers, or a new one could be made there. Pings of one node share
+        one creation, so a node that stays silent does not pile up actors."""
         from ray.exceptions import RayError
 
-        self.forget(node.id)
+        known = self._agents.get(node.id)
+        if known is not None:
+            try:
+                await asyncio.wait_for(known.info.remote(), timeout_s)
+                return True
+            except RayError:
+                self.forget(node.id)
+            except TimeoutError:
+                return False
         try:
             await asyncio.wait_for(self.agent(node), timeout_s)
             return True
