@@ -98,7 +98,7 @@ def run(repeats: int, requests: int) -> dict[str, Any]:
                 assert client.post("/v1/chat/completions", json=BODY).status_code == 200
             backend = _backend_url(gw, ray)
             direct, through = _p50_ms((backend, gw.url), requests)
-            proxy[name] = {"backend": backend.split("//", 1)[1].rsplit(":", 1)[0],
+            proxy[name] = {"backend": "node address" if ray else "loopback",
                            "direct_p50_ms": round(direct, 3), "gateway_p50_ms": round(through, 3)}
             proxy[name]["overhead_ms"] = round(
                 proxy[name]["gateway_p50_ms"] - proxy[name]["direct_p50_ms"], 3)
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
           f" s, Ray overhead {cold['ray_overhead_median'] * 1000:.0f} ms (target < "
           f"{TARGET_COLD_OVERHEAD_S * 1000:.0f} ms: {'PASS' if cold['pass'] else 'FAIL'})")
     for name, row in proxy.items():
-        print(f"proxy {name:10s} backend at {row['backend']:15s} direct p50 "
+        print(f"proxy {name:10s} backend at {row['backend']:12s} direct p50 "
               f"{row['direct_p50_ms']:.2f} ms, through the gateway {row['gateway_p50_ms']:.2f} ms"
               f" (+{row['overhead_ms']:.2f} ms)")
     if not args.smoke:
