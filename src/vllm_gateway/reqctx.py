@@ -29,6 +29,7 @@ class RequestContext:
     bytes_out: int = 0
     error: str | None = None
     delivered: bool = False  # the whole answer reached the client (e.g. a stream's [DONE])
+    ended: float | None = None  # set by log_line: the line is formatted later, elsewhere
 
     def client_left(self) -> None:
         """The client hung up: a failure only if it had not got the whole answer."""
@@ -43,7 +44,7 @@ class RequestContext:
             self.ttfb_s = time.monotonic() - self.started
 
     def duration_s(self) -> float:
-        return time.monotonic() - self.started
+        return (self.ended or time.monotonic()) - self.started
 
     def fields(self) -> dict[str, object]:
         """The structured form of the log line (the JSON log format writes these)."""
@@ -69,4 +70,5 @@ class RequestContext:
         # The context itself is the message (formatted only if a handler writes it) and the
         # one extra attribute, which the JSON formatter expands into its fields.
         if log.isEnabledFor(logging.INFO):
+            self.ended = time.monotonic()
             log.info(self, extra={"request": self})

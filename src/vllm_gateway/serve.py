@@ -5,6 +5,7 @@ the rest with a clear error, then stop every model server and wait for its proce
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from typing import Any
@@ -32,6 +33,10 @@ async def run_gateway(config: GatewayConfig, *, banner: str | None = None, nvml:
         await runner.setup()
         site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
         await site.start()
+        # What start-up built lives as long as the process: out of the collector's sight, a
+        # collection scans only what requests allocate (a tenth of the proxy path's CPU
+        # went to scanning the modules, config and metrics each time).
+        gc.freeze()
         log.info("listening on http://%s:%d", config.server.host, config.server.port)
         if banner:
             print(banner, flush=True)
