@@ -62,7 +62,7 @@ class Response:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def _wait(self, timeout_s: float | None) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._conn.loop
         waiter = self._waiter = loop.create_future()
         timer = loop.call_later(timeout_s, _expire, waiter) if timeout_s else None
         try:
@@ -101,6 +101,8 @@ class Connection(asyncio.Protocol):
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
+        # Looked up once: in Python 3.11 each get_running_loop() costs a getpid() call.
+        self.loop = asyncio.get_running_loop()
         self.parser = httptools.HttpResponseParser(self)
         self.response: Response | None = None
         self.headers_done: asyncio.Future[None] | None = None
@@ -197,7 +199,7 @@ class Connection(asyncio.Protocol):
         if self.lost or self.transport.is_closing():
             raise NotSent("the pooled connection was closed before the request was written")
         response = self.response = Response(self)
-        self.headers_done = asyncio.get_running_loop().create_future()
+        self.headers_done = self.loop.create_future()
         self.transport.writelines((head, body) if body else (head,))
         return response
 
@@ -206,8 +208,7 @@ class Connection(asyncio.Protocol):
         done = self.headers_done
         if done is None:
             return
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(timeout_s, _expire, done) if timeout_s else None
+        timer = self.loop.call_later(timeout_s, _expire, done) if timeout_s else None
         try:
             await done
         finally:
