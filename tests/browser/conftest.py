@@ -5,8 +5,15 @@ only one file of it can be the module ``conftest``.
 """
 
 from browser_fixtures import (
-    pytest_collection_modifyitems as pytest_collection_modifyitems,
-    browser as browser,
-    page_and_errors as page_and_errors,
-    screenshot as screenshot,
+    browser,
+    page_and_errors,
+    pytest_collection_modifyitems,
+    screenshot,
 )
+
+__all__ = [
+    "browser",
+    "page_and_errors",
+    "pytest_collection_modifyitems",
+    "screenshot",
+]

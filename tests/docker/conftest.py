@@ -5,10 +5,19 @@ only one file of it can be the module ``conftest``.
 """
 
 from docker_fixtures import (
-    docker_host as docker_host,
-    fake_image as fake_image,
-    prefix as prefix,
-    engine as engine,
-    make_launcher as make_launcher,
-    launcher as launcher,
+    docker_host,
+    engine,
+    fake_image,
+    launcher,
+    make_launcher,
+    prefix,
 )
+
+__all__ = [
+    "docker_host",
+    "engine",
+    "fake_image",
+    "launcher",
+    "make_launcher",
+    "prefix",
+]

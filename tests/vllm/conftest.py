@@ -5,11 +5,21 @@ only one file of it can be the module ``conftest``.
 """
 
 from vllm_fixtures import (
-    pytest_collection_modifyitems as pytest_collection_modifyitems,
-    vllm_python as vllm_python,
-    tiny_model as tiny_model,
-    vllm_stack as vllm_stack,
-    vllm_command as vllm_command,
-    vllm_env as vllm_env,
-    launch_vllm as launch_vllm,
+    launch_vllm,
+    pytest_collection_modifyitems,
+    tiny_model,
+    vllm_command,
+    vllm_env,
+    vllm_python,
+    vllm_stack,
 )
+
+__all__ = [
+    "launch_vllm",
+    "pytest_collection_modifyitems",
+    "tiny_model",
+    "vllm_command",
+    "vllm_env",
+    "vllm_python",
+    "vllm_stack",
+]
