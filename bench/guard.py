@@ -104,5 +104,5 @@ def recorded(results_dir: Path, kind: str) -> Recording | None:
         except (OSError, ValueError):
             continue
         if isinstance(document, dict):
-            documents.append((str(path), document))
+            documents.append((path.name, document))  # a name: no path of this machine
     return pick(documents, kind)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
+import html
+import re
 import shutil
 import subprocess
 import sys
@@ -71,6 +73,12 @@ def summarize(collapsed: str, top: int = TOP) -> str:
     for frame, count in own.most_common(top):
         lines.append(f"{100 * count / samples:8.1f}  {frame}")
     return "\n".join(lines) + "\n"
+
+
+def neutral_title(svg: str, title: str) -> str:
+    """py-spy titles the flame graph with its command line, paths of this machine included."""
+    return re.sub(r'(<text id="title"[^>]*>)[^<]*(</text>)',
+                  lambda m: m.group(1) + html.escape(title) + m.group(2), svg, count=1)
 
 
 def _short(frame: str) -> str:
@@ -131,6 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                            timeout=args.duration + 60, check=False)
         load.join()
     text = collapsed.read_text() if collapsed.exists() else ""
+    svg = stem.with_suffix(".svg")
+    if svg.exists():
+        svg.write_text(neutral_title(svg.read_text(),
+                                     f"py-spy --native --gil: {args.peer}, {kind} load"))
     summary = summarize(text)
     stem.with_suffix(".txt").write_text(
         f"py-spy --native, {args.peer}, {kind} load, {args.duration:g} s\n\n{summary}")
