@@ -17,7 +17,7 @@ from typing import Any
 
 from ..machine import machine_info
 from ..procs import ChildFailed, Processes
-from . import report
+from . import costs, report
 from .configs import CONFIGURATIONS, STARTUP_TIMEOUT_S
 from .run import detect_backend, run_one
 from .summary import problems
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     configs = [c for c in CONFIGURATIONS if not args.config or c.name in args.config]
     results: dict[str, dict[str, dict[str, Any]]] = {}
     failures: list[str] = []
+    warnings: list[str] = []
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-trace-") as tmp, Processes(Path(tmp)) as procs:
         backend = detect_backend(procs, SMOKE_STARTUP_TIMEOUT_S if args.smoke
@@ -67,6 +68,15 @@ def main(argv: list[str] | None = None) -> int:
             workload = WORKLOADS[name](args.seed, duration)
             print(f"[trace] {name}: {len(workload.sessions)} sessions, {workload.requests} "
                   f"requests over {duration:.0f} s of trace, scale {scale:g}", flush=True)
+            clipped = sorted(m.name for m in workload.models
+                             if costs.cold_start_s(m.vram_gb) / scale <= backend.python_start_s)
+            if clipped:
+                warning = (f"{name}: at scale {scale:g} the cold starts of {', '.join(clipped)} "
+                           f"are shorter than the interpreter's own start "
+                           f"({backend.python_start_s:.2f} s wall): they take what the machine "
+                           "gives, not the modelled cost")
+                warnings.append(warning)
+                print(f"[trace] WARNING {warning}", flush=True)
             rows = results.setdefault(name, {})
             for config in configs:
                 started = time.monotonic()
@@ -84,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     doc = {"kind": "trace", "smoke": args.smoke, "scale": scale, "seed": args.seed,
            "backend": backend.__dict__, "wall_s": time.monotonic() - began,
-           "machine": machine_info(), "results": results}
+           "machine": machine_info(), "warnings": warnings, "results": results}
     if not args.smoke:
         path = args.out / f"trace-{stamp}.json"
         report.write_json(path, doc)
