@@ -57,9 +57,8 @@ async def wait_counts(gw: Served, name: str, in_flight: int, queued: int,
     async def check() -> dict[str, Any] | None:
         m = await model_status(gw, name)
         return m if (m["in_flight"], m["queued"]) == (in_flight, queued) else None
-    found: dict[str, Any] | None = await wait_for(
+    found: dict[str, Any] = await wait_for(
         check, timeout, f"{name}: in_flight={in_flight}, queued={queued}")
-    assert found is not None
     return found
 
 

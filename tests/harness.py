@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,10 @@ class GatewayProc:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait(10)
+
+
+# The conftest's ``gateway`` fixture: start a real gateway for these models and keys.
+Start = Callable[..., GatewayProc]
 
 
 def stop_leaving_nothing(gw: GatewayProc) -> None:

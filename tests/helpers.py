@@ -32,8 +32,8 @@ def _timed_out(what: str, timeout: float, last: object) -> AssertionError:
     return AssertionError(f"timed out after {timeout} s waiting for {what}; last value: {last!r}")
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.05,
-                  what: str = "condition") -> T:
+def wait_until(predicate: Callable[[], T | None], timeout: float = 20.0, interval: float = 0.05,
+               what: str = "condition") -> T:
     """Poll ``predicate`` until it returns something truthy, and return that; fail after
     ``timeout`` s with the last value it returned."""
     deadline = time.monotonic() + timeout
@@ -47,12 +47,12 @@ def wait_until(predicate: Callable[[], T], timeout: float = 20.0, interval: floa
 
 
 @overload
-async def wait_for(check: Callable[[], Awaitable[T]], timeout: float = ..., what: str = ...,
-                   interval: float = ...) -> T: ...
+async def wait_for(check: Callable[[], Awaitable[T | None]], timeout: float = ...,
+                   what: str = ..., interval: float = ...) -> T: ...
 
 
 @overload
-async def wait_for(check: Callable[[], T], timeout: float = ..., what: str = ...,
+async def wait_for(check: Callable[[], T | None], timeout: float = ..., what: str = ...,
                    interval: float = ...) -> T: ...
 
 
@@ -71,7 +71,7 @@ async def wait_for(check: Callable[[], Any], timeout: float = 5.0, what: str = "
         await asyncio.sleep(interval)
 
 
-def metric(text: str, name: str, default: float | None = 0.0, **labels: str) -> float:
+def metric(text: str, name: str, default: float | None = 0.0, /, **labels: str) -> float:
     """The sum of the samples called ``name`` whose labels include ``labels``, from
     Prometheus' text format as ``/metrics`` answers it. Without such a sample: ``default``,
     or KeyError when it is None (for series that must be there)."""

@@ -170,9 +170,7 @@ class InProcessGateway:
         async def reached() -> dict[str, Any] | None:
             model = await self.model(name)
             return model if model["state"] == state else None
-        found: dict[str, Any] | None = await wait_for(reached, timeout,
-                                                      f"model {name} to be {state}")
-        assert found is not None
+        found: dict[str, Any] = await wait_for(reached, timeout, f"model {name} to be {state}")
         return found
 
     async def wait_counters_zero(self, timeout: float = 10.0) -> None:

@@ -61,7 +61,7 @@ async def test_past_max_adapters_the_least_recently_used_idle_one_is_unloaded() 
     await ask(manager, "a1")  # a2 is now the least recently used
     await ask(manager, "a3")
     assert lora.calls == [("load", "a1"), ("load", "a2"), ("unload", "a2"), ("load", "a3")]
-    assert sorted(a["name"] for a in manager.adapters["base"].status()) == ["a1", "a3"]
+    assert sorted(str(a["name"]) for a in manager.adapters["base"].status()) == ["a1", "a3"]
 
 
 async def test_an_adapter_with_a_request_in_flight_is_never_unloaded() -> None:

@@ -9,7 +9,7 @@ import signal
 import httpx
 import openai
 import psutil
-from harness import chat, descendants, fake_command, sse_events
+from harness import Start, chat, descendants, fake_command, sse_events
 from helpers import wait_until
 
 
@@ -20,7 +20,7 @@ def two_models() -> dict[str, object]:
     }
 
 
-def test_openai_client_streams_through(gateway) -> None:
+def test_openai_client_streams_through(gateway: Start) -> None:
     gw = gateway(two_models())
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key="unused")
     stream = client.chat.completions.create(
@@ -40,7 +40,7 @@ def test_openai_client_streams_through(gateway) -> None:
     assert 'vllm_gateway_requests_total{code="200",model="alpha"} 1.0' in metrics
 
 
-def test_crash_mid_request_is_502_then_recovers(gateway) -> None:
+def test_crash_mid_request_is_502_then_recovers(gateway: Start) -> None:
     gw = gateway({"crashy": {"command": fake_command("--crash-after", "2")}})
     with gw.client() as c:
         assert c.post("/v1/chat/completions", json=chat("crashy")).status_code == 200
@@ -55,7 +55,7 @@ def test_crash_mid_request_is_502_then_recovers(gateway) -> None:
     gw.wait_counters_zero()
 
 
-def test_client_disconnect_closes_the_upstream(gateway) -> None:
+def test_client_disconnect_closes_the_upstream(gateway: Start) -> None:
     gw = gateway({"slowstream": {"command": fake_command("--token-delay", "0.2", "--tokens", "200")}})
     with httpx.Client(base_url=gw.url, timeout=30) as c, c.stream(
             "POST", "/v1/chat/completions", json=chat("slowstream", stream=True)) as r:
@@ -65,7 +65,7 @@ def test_client_disconnect_closes_the_upstream(gateway) -> None:
                 break
     port = gw.model("slowstream")["port"]
 
-    def disconnect_seen() -> dict | None:
+    def disconnect_seen() -> dict[str, int] | None:
         stats = httpx.get(f"http://127.0.0.1:{port}/fake/stats").json()
         return stats if stats["disconnects"] == 1 and stats["in_flight"] == 0 else None
 
@@ -74,7 +74,7 @@ def test_client_disconnect_closes_the_upstream(gateway) -> None:
     gw.wait_counters_zero()
 
 
-def test_sigterm_leaves_no_process_behind(gateway) -> None:
+def test_sigterm_leaves_no_process_behind(gateway: Start) -> None:
     gw = gateway(two_models())
     with gw.client() as c:
         assert c.post("/v1/chat/completions", json=chat("alpha")).status_code == 200
@@ -87,7 +87,7 @@ def test_sigterm_leaves_no_process_behind(gateway) -> None:
     assert "stopped" in gw.log()
 
 
-def test_unload_and_load(gateway) -> None:
+def test_unload_and_load(gateway: Start) -> None:
     gw = gateway(two_models())
     r = httpx.post(gw.url + "/gateway/models/alpha/load", timeout=60)
     assert r.status_code == 200 and r.json() == {"name": "alpha", "state": "ready"}
@@ -98,7 +98,7 @@ def test_unload_and_load(gateway) -> None:
     assert not descendants(gw.proc.pid)
 
 
-def test_stream_events_are_untouched(gateway) -> None:
+def test_stream_events_are_untouched(gateway: Start) -> None:
     gw = gateway(two_models())
     with httpx.Client(base_url=gw.url, timeout=30) as c:
         r = c.post("/v1/chat/completions", json=chat("beta", stream=True, max_tokens=3))

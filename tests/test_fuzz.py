@@ -168,7 +168,7 @@ HEADER_VALUES = st.binary(min_size=1, max_size=200).map(
 @given(request_id=HEADER_VALUES)
 def fuzz_request_ids(client: httpx.Client, request_id: bytes) -> None:
     r = client.post("/v1/chat/completions", json={"model": "nope"},
-                    headers={"X-Request-ID": request_id})
+                    headers={b"X-Request-ID": request_id})
     assert r.status_code == 404
     echoed = r.headers["X-Request-ID"]
     if re.fullmatch(rb"[\x21-\x7e]{1,128}", request_id):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -75,7 +76,7 @@ async def test_status_shows_the_drivers_reading_beside_placed_memory() -> None:
     assert 'vllm_gateway_gpu_memory_total_gb{gpu="1"} 40.0' in metrics
 
 
-def test_serve_with_gpus_auto_and_no_driver_fails_clearly(tmp_path) -> None:
+def test_serve_with_gpus_auto_and_no_driver_fails_clearly(tmp_path: Path) -> None:
     try:
         open_nvml().close()
         pytest.skip("an NVIDIA driver is present here")

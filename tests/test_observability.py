@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 import openai
-from harness import GatewayProc, chat, fake_command, sse_events
-from helpers import wait_until
+from harness import GatewayProc, Start, chat, fake_command, sse_events
+from helpers import scrape, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from vllm_gateway.metrics import Metrics
@@ -29,14 +29,22 @@ class Scrape:
     """One parsed /metrics answer."""
 
     def __init__(self, gw: GatewayProc) -> None:
-        text = httpx.get(gw.url + "/metrics", timeout=10).text
-        self.families = list(text_string_to_metric_families(text))
+        self.families = list(text_string_to_metric_families(scrape(gw.url, timeout=10)))
         self.samples = [s for f in self.families for s in f.samples]
 
-    def get(self, name: str, **labels: str) -> float | None:
-        found = [s.value for s in self.samples if s.name == name and s.labels == labels]
+    def _found(self, name: str, labels: dict[str, str]) -> list[float]:
+        found = [float(s.value) for s in self.samples if s.name == name and s.labels == labels]
         assert len(found) <= 1, (name, labels, found)
-        return found[0] if found else None
+        return found
+
+    def get(self, name: str, **labels: str) -> float:
+        """The one sample with exactly these labels; fails when there is none."""
+        found = self._found(name, labels)
+        assert found, f"no sample {name} {labels}"
+        return found[0]
+
+    def has(self, name: str, **labels: str) -> bool:
+        return bool(self._found(name, labels))
 
     def series(self, name: str) -> dict[tuple[tuple[str, str], ...], float]:
         return {tuple(sorted(s.labels.items())): s.value for s in self.samples if s.name == name}
@@ -67,7 +75,7 @@ def access_line(gw: GatewayProc, rid: str) -> re.Match[str]:
     return matches[0]
 
 
-def test_metrics_request_log_and_model_output_after_known_traffic(gateway) -> None:
+def test_metrics_request_log_and_model_output_after_known_traffic(gateway: Start) -> None:
     gw = gateway({"alpha": {"command": fake_command(), "vram_gb": 10}}, gpus=GPU)
     r1 = post(gw, "/v1/chat/completions", chat("alpha", max_tokens=5), "obs-1")
     r2 = post(gw, "/v1/completions", {"model": "alpha", "prompt": "one two three", "max_tokens": 3},
@@ -153,7 +161,7 @@ def _log_record(log: str, needle: str) -> str:
     return log[begin:following.start() if following else len(log)]
 
 
-def test_lifecycle_events_are_logged_once_and_counted(gateway) -> None:
+def test_lifecycle_events_are_logged_once_and_counted(gateway: Start) -> None:
     models = {
         "alpha": {"command": fake_command(), "vram_gb": 10},
         "beta": {"command": fake_command(), "vram_gb": 16},  # does not fit next to alpha
@@ -215,7 +223,7 @@ def test_lifecycle_events_are_logged_once_and_counted(gateway) -> None:
         name: 1.0 for name in models}
     # Only successful starts have a start duration.
     assert m.get("vllm_gateway_model_start_seconds_count", model="beta") == 1.0
-    assert m.get("vllm_gateway_model_start_seconds_count", model="broken") is None
+    assert not m.has("vllm_gateway_model_start_seconds_count", model="broken")
     states = {name: next(s for s in STATES
                          if m.get("vllm_gateway_model_state", model=name, state=s) == 1.0)
               for name in models}
@@ -223,7 +231,7 @@ def test_lifecycle_events_are_logged_once_and_counted(gateway) -> None:
                       "crashy": "failed", "broken": "backoff"}
 
 
-def test_json_log_format_and_log_level(gateway) -> None:
+def test_json_log_format_and_log_level(gateway: Start) -> None:
     gw = gateway({"alpha": {"command": fake_command()}}, args=["--log-format", "json"],
                  env={"LOG_LEVEL": "DEBUG"})
     quiet = gateway({"broken": {"command": fake_command("--fail-start")}},
@@ -257,7 +265,7 @@ def test_json_log_format_and_log_level(gateway) -> None:
     assert not re.search(r"^\S+ \S+ INFO ", text, re.MULTILINE) and "quiet-1" not in text
 
 
-def test_streaming_request_gets_loading_comments_while_its_model_starts(gateway) -> None:
+def test_streaming_request_gets_loading_comments_while_its_model_starts(gateway: Start) -> None:
     gw = gateway({"slow": {"command": fake_command("--max-model-len", "100", startup_delay=5)}})
     raw: list[tuple[float, str]] = []
     results: dict[str, Any] = {}
@@ -329,7 +337,7 @@ def test_streaming_request_gets_loading_comments_while_its_model_starts(gateway)
     assert body["choices"][0]["message"]["content"]
 
 
-def test_grafana_dashboard_queries_only_exported_metrics(gateway) -> None:
+def test_grafana_dashboard_queries_only_exported_metrics(gateway: Start) -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     assert dashboard["title"] and dashboard["panels"]
     queried = set(re.findall(r"\bvllm_gateway_[a-z0-9_]+", DASHBOARD.read_text()))

@@ -58,7 +58,7 @@ async def test_a_model_under_load_grows_to_two_replicas_on_two_gpus_then_shrinks
     clock = ManualClock()
     manager, launcher = scaling(clock)
     m, group = manager.instances["m"], manager.models["m"]
-    release, served = asyncio.Event(), []
+    release, served = asyncio.Event(), list[int]()
     tasks = [hold(manager, m, release, served) for _ in range(3)]
     await wait_for(lambda: group.limiter.in_flight == 2 and group.slot_waiters == 1)
     assert manager.scaler.tick() == []  # it has not waited scale_up_after_s yet
@@ -96,7 +96,7 @@ async def test_idle_replicas_stop_one_at_a_time_least_used_first() -> None:
     m = manager.instances["m"]
     await manager.load(m, replicas=2)
     first, second = manager.models["m"].holding()
-    release, served = asyncio.Event(), []
+    release, served = asyncio.Event(), list[int]()
     clock.advance(10)
     task = hold(manager, m, release, served)  # the first replica is used later
     await wait_for(lambda: served == [0])
@@ -117,10 +117,10 @@ async def test_a_scale_up_evicts_idle_models_but_never_a_busy_one() -> None:
     clock = ManualClock()
     manager, _ = scaling(clock, others={"b": 30})
     m, b = manager.instances["m"], manager.instances["b"]
-    b_release, b_served = asyncio.Event(), []
+    b_release, b_served = asyncio.Event(), list[int]()
     b_task = hold(manager, b, b_release, b_served)
     await wait_for(lambda: b.state is State.READY and b_served)
-    release, served = asyncio.Event(), []
+    release, served = asyncio.Event(), list[int]()
     tasks = [hold(manager, m, release, served) for _ in range(3)]
     await wait_for(lambda: len(served) == 2 and manager.models["m"].slot_waiters == 1)
     clock.advance(30)
@@ -150,10 +150,10 @@ async def test_gpu_ids_bound_every_replica_under_eviction_pressure() -> None:
     # GPU 0 is free, but r may not go there: the least recently used of a and b makes room.
     await manager.ensure_ready(r)
     assert r.placement == (1,) and a.state is State.STOPPED and b.state is State.READY
-    b_release, b_served = asyncio.Event(), []
+    b_release, b_served = asyncio.Event(), list[int]()
     b_task = hold(manager, b, b_release, b_served)
     await wait_for(lambda: bool(b_served))
-    release, served = asyncio.Event(), []
+    release, served = asyncio.Event(), list[int]()
     tasks = [hold(manager, r, release, served) for _ in range(2)]
     await wait_for(lambda: served == [0] and manager.models["r"].slot_waiters == 1)
     clock.advance(5)
@@ -209,7 +209,7 @@ async def _busy_model(clock: ManualClock, auto_healthy: bool = True
                       ) -> tuple[Manager, Any, asyncio.Event, list[asyncio.Task[None]]]:
     manager, launcher = scaling(clock, replicas=Replicas(0, 2), m={"max_concurrent": 1})
     launcher.auto_healthy = auto_healthy
-    release, served = asyncio.Event(), []
+    release, served = asyncio.Event(), list[int]()
     first = hold(manager, manager.instances["m"], release, served)
     if auto_healthy:
         await wait_for(lambda: served == [0])
@@ -279,7 +279,7 @@ async def test_a_failed_scale_up_is_not_retried_before_its_backoff() -> None:
     clock = ManualClock()
     manager, launcher = scaling(clock, replicas=Replicas(0, 2))
     m, group = manager.instances["m"], manager.models["m"]
-    release, served = asyncio.Event(), []
+    release, served = asyncio.Event(), list[int]()
     tasks = [hold(manager, m, release, served) for _ in range(3)]
     await wait_for(lambda: len(served) == 2 and group.slot_waiters == 1)
     launcher.fail_with = "torch.OutOfMemoryError: CUDA out of memory"

@@ -5,10 +5,9 @@ answer, status lists each replica, and an operator sets the count with /load."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import httpx
-from harness import chat, fake_command
+from harness import Start, chat, fake_command
 from helpers import wait_until
 
 
@@ -18,7 +17,7 @@ def answered_by(port: int) -> int:
     return sum(1 for entry in log if entry["target"] == "/v1/chat/completions")
 
 
-def test_two_replicas_answer_and_an_operator_sets_the_count(gateway: Any) -> None:
+def test_two_replicas_answer_and_an_operator_sets_the_count(gateway: Start) -> None:
     gw = gateway({"m": {"command": fake_command("--token-delay", "0.1", "--tokens", "12"),
                         "max_concurrent": 1, "replicas": {"min": 0, "max": 2},
                         "scale_up_after_s": 0.3}})

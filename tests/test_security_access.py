@@ -82,7 +82,7 @@ def test_v1_needs_a_key_that_may_use_the_model(auth_gw: GatewayProc) -> None:
 def fuzz_authorization(client: httpx.Client, value: bytes) -> None:
     for header in (value, b"Bearer " + value):
         r = client.post("/v1/chat/completions", json=chat("alpha"),
-                        headers={"Authorization": header})
+                        headers={b"Authorization": header})
         assert error_of(r, 401)["type"] == "authentication_error"
 
 

@@ -8,6 +8,7 @@ dies while asleep, a client that hangs up while its model wakes.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 from collections.abc import Callable
@@ -116,7 +117,7 @@ def test_a_failed_sleep_stops_the_model_and_says_why(gateway: Start) -> None:
         assert stopped["pid"] is None and stopped["sleep_level"] is None
         [failed] = events(gw, name, "sleep_failed")
         assert why in failed["message"], failed
-        wait_until(lambda p=pids[name]: gone(p), 15, what=f"{name} gone")
+        wait_until(functools.partial(gone, pids[name]), 15, what=f"{name} gone")
         assert gw.metric("vllm_gateway_sleeps_total", model=name, level="1") == 0
     # The next request starts it cold.
     text(post(gw, "loud"))
@@ -166,8 +167,11 @@ def test_a_client_gone_while_its_model_wakes_leaves_nothing_behind(gateway: Star
     gw.wait_counters_zero(timeout=10)
     wait_until(lambda: gw.metric("vllm_gateway_requests_total", model="m", code="499") == 1,
                10, what="the disconnect counted as 499")
-    settled = wait_until(lambda: (m := gw.model("m"))["state"] in ("ready", "sleeping") and m,
-                         15, what="the wake to finish")
+    def woken() -> dict[str, Any] | None:
+        m = gw.model("m")
+        return m if m["state"] in ("ready", "sleeping") else None
+
+    settled = wait_until(woken, 15, what="the wake to finish")
     assert settled["in_flight"] == 0 and settled["queued"] == 0
     assert gw.metric("vllm_gateway_requests_queued", model="m") == 0
     assert gw.metric("vllm_gateway_requests_in_flight", model="m") == 0

@@ -9,7 +9,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import aiodocker
 import aiohttp
@@ -18,6 +18,7 @@ from helpers import free_port
 from procutil import port_open
 
 from vllm_gateway.config import DockerSpec, ModelConfig
+from vllm_gateway.config.schema import NetworkMode
 from vllm_gateway.launchers.base import LaunchError, LaunchSpec
 from vllm_gateway.launchers.docker import ContainerHandle, DockerLauncher
 from vllm_gateway.launchers.docker_config import LABEL_INSTANCE, LABEL_MODEL
@@ -38,7 +39,9 @@ def launch_spec(
     network: str = "host",
     env: dict[str, str] | None = None,
 ) -> LaunchSpec:
-    docker = DockerSpec(image=image, args=args, network=network, shm_size="64m")
+    # Config accepts host and bridge; the launcher takes any network name, and one test
+    # brings a network of its own.
+    docker = DockerSpec(image=image, args=args, network=cast(NetworkMode, network), shm_size="64m")
     model = ModelConfig(name=name, launcher="docker", docker=docker, env=env or {})
     return LaunchSpec(model=model, port=free_port(), gpu_ids=gpu_ids, gpu_memory_utilization=0.9)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import _need_ray, ray_model
 from harness import start_gateway
 from helpers import free_port
+from ray_fixtures import _need_ray, ray_model
 
 pytestmark = pytest.mark.ray
 

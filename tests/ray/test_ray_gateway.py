@@ -14,14 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import GPU_GB, backend_processes, ray_model
-from harness import chat, sse_events
+from harness import GatewayProc, chat, sse_events
 from helpers import wait_until
+from ray_fixtures import GPU_GB, backend_processes, ray_model
 
 pytestmark = pytest.mark.ray
 
 
-def ask(gw: Any, model: str, stream: bool = False, **extra: Any) -> httpx.Response:
+def ask(gw: GatewayProc, model: str, stream: bool = False, **extra: Any) -> httpx.Response:
     with gw.client(timeout=90) as client:
         return client.post("/v1/chat/completions", json=chat(model, stream=stream, **extra))
 
