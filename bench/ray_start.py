@@ -57,7 +57,7 @@ def _p50_ms(urls: tuple[str, str], requests: int) -> tuple[float, float]:
     times: tuple[list[float], list[float]] = ([], [])
     with httpx.Client(timeout=30) as client:
         for i in range(requests + 5):
-            for url, seen in zip(urls, times):
+            for url, seen in zip(urls, times, strict=True):
                 t0 = time.perf_counter()
                 assert client.post(url + "/v1/chat/completions", json=BODY).status_code == 200
                 if i >= 5:

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from helpers import free_port
+from helpers import free_port, wait_for
 from procutil import fake_backend_cmd, kill_group, wait_port_blocking
 
 NAME = "tiny"
@@ -203,11 +203,10 @@ async def test_a_generation_sent_while_asleep_is_held_until_the_wake(
     assert stream.headers["Content-Type"].startswith("text/event-stream")
     first_line = asyncio.create_task(stream.content.readline())
 
-    async def both_held() -> None:
-        while (await call(http, "GET", f"{b.url}/fake/stats"))[1]["held"] < 2:
-            await asyncio.sleep(0.02)
+    async def both_held() -> bool:
+        return bool((await call(http, "GET", f"{b.url}/fake/stats"))[1]["held"] >= 2)
 
-    await asyncio.wait_for(both_held(), PROMPT_S)
+    await wait_for(both_held, PROMPT_S, "both generations held")
     # /health and /v1/models cannot tell a sleeping server from an awake one.
     assert (await call(http, "GET", f"{b.url}/health"))[0] == 200
     assert (await call(http, "GET", f"{b.url}/v1/models"))[0] == 200
@@ -253,11 +252,11 @@ async def test_stats_say_when_a_sleeper_holds_its_memory_again(
     # From the moment a wake begins the memory is coming back, though it still sleeps.
     waking = asyncio.create_task(call(http, "POST", f"{b.url}/wake_up?tags=weights"))
 
-    async def resident_while_asleep() -> None:
-        while not ((s := await stats())["resident"] and s["is_sleeping"]):
-            await asyncio.sleep(0.01)
+    async def resident_while_asleep() -> bool:
+        s = await stats()
+        return bool(s["resident"] and s["is_sleeping"])
 
-    await asyncio.wait_for(resident_while_asleep(), PROMPT_S)
+    await wait_for(resident_while_asleep, PROMPT_S, "resident while still asleep")
     await waking
     assert (await stats())["resident"] is True and await is_sleeping(http, b)
 

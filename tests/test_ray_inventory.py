@@ -4,10 +4,10 @@ models on it (runtime.nodes.set_gpus with the fake launcher)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 
 import pytest
+from helpers import wait_for
 from runtime_fakes import make_manager
 
 from vllm_gateway.cluster.inventory import Inventory
@@ -83,9 +83,7 @@ async def test_the_watcher_notices_a_node_joining() -> None:
     inv.start()
     try:
         nodes.add("a" * 20, 1)
-        async with asyncio.timeout(5):
-            while not inv.gpus():
-                await asyncio.sleep(0.01)
+        await wait_for(inv.gpus, 5, "the new node's GPUs")
     finally:
         await inv.stop()
     assert changes.seen and changes.seen[-1][0] == [Gpu(0, 24.0, "a" * 20)]

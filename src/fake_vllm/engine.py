@@ -139,7 +139,7 @@ class Engine:
                     for generation in list(self.running):
                         generation.abort()
                 elif mode == "wait":
-                    while self.running:
+                    while self.running:  # noqa: ASYNC110 - polled, as vLLM's scheduler is
                         await asyncio.sleep(WAIT_POLL_S)
                 if self._settings.sleep_delay > 0:
                     await asyncio.sleep(self._settings.sleep_delay)

@@ -53,17 +53,22 @@ def _unavailable(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
+def _chromium() -> str:
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
         _unavailable(f"no Chromium at {CHROMIUM}: {INSTALL_HINT}")
+    return CHROMIUM
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    executable = _chromium()
     try:
         from playwright.async_api import async_playwright
     except ImportError:
         _unavailable(f"the Python package playwright is missing: {INSTALL_HINT}")
     async with async_playwright() as pw:
         chromium = await pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=60_000
+            executable_path=executable, headless=True, args=CHROMIUM_ARGS, timeout=60_000
         )
         try:
             yield chromium

@@ -53,7 +53,7 @@ class Inventory:
     def gpus(self) -> list[Gpu]:
         return [Gpu(gpu_id, total, entry.node.id)
                 for entry in self.nodes.values()
-                for gpu_id, total in zip(entry.ids, entry.totals_gb)]
+                for gpu_id, total in zip(entry.ids, entry.totals_gb, strict=True)]
 
     def locate(self, gpu_ids: Sequence[int]) -> tuple[NodeInfo, tuple[int, ...]]:
         """The node of a placement and the GPUs' indices on that node; KeyError when a GPU
@@ -115,7 +115,7 @@ class Inventory:
         # Read in parallel: the first read on a node makes its agent (a Ray worker, seconds).
         read = await asyncio.gather(*(self._sizes(node) for node in new))
         joined = []
-        for node, sizes in zip(new, read):
+        for node, sizes in zip(new, read, strict=True):
             if sizes is None:
                 message = (f"ray.gpu_vram_gb: node {node.short} has {node.gpu_count} GPU(s) "
                            "and no NVML to read their memory; set ray.gpu_vram_gb")

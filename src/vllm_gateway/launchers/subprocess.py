@@ -101,7 +101,7 @@ class ProcessHandle(LocalServer):
                     await readable
                 finally:
                     loop.remove_reader(fd)
-            while self._popen.poll() is None:
+            while self._popen.poll() is None:  # noqa: ASYNC110 - without a pidfd only polling sees it
                 await asyncio.sleep(0.05)
         finally:
             if fd >= 0:

@@ -191,6 +191,6 @@ class Scaler:
         results = await asyncio.gather(
             *(self.scale_to(g, max(g.cfg.replicas.min, 1)) for g in wanted),
             return_exceptions=True)
-        for group, result in zip(wanted, results):
+        for group, result in zip(wanted, results, strict=True):
             if isinstance(result, Exception):
                 self.m.svc.events.add(group.name, EventKind.FAILED, f"preload failed: {result}")
