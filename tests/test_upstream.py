@@ -329,6 +329,25 @@ async def test_a_stall_mid_body_is_a_timeout() -> None:
         client.close()
 
 
+async def test_a_slow_steady_body_is_not_cut_by_the_read_timeout() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await asyncio.sleep(0.06)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(8):  # 0.5 s in all, never 0.15 s without a byte
+            await asyncio.sleep(0.06)
+            writer.write(b"1\r\nx\r\n")
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+
+    async with serving(script) as server:
+        client = upstream.Client()
+        response = await client.request(server.url, "POST", "/", [], b"",
+                                         connect_timeout_s=1, read_timeout_s=0.15)
+        assert await response.read(0.15) == b"x" * 8
+        response.close()
+        client.close()
+
+
 async def test_a_large_body_pauses_reading_and_arrives_intact(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(upstream_connection, "HIGH_WATER", 1024)

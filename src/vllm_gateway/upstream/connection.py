@@ -62,15 +62,11 @@ class Response:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def _wait(self, timeout_s: float | None) -> None:
-        loop = self._conn.loop
-        waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(timeout_s, _expire, waiter) if timeout_s else None
+        waiter = self._waiter = self._conn.loop.create_future()
         try:
-            await waiter
+            await self._conn.wait(waiter, timeout_s)
         finally:
             self._waiter = None
-            if timer is not None:
-                timer.cancel()
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -92,11 +88,6 @@ class Response:
         self._conn.finished(self)
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
-
-
 class Connection(asyncio.Protocol):
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
@@ -111,6 +102,13 @@ class Connection(asyncio.Protocol):
         self.reusable = True
         self.idle_since = 0.0
         self.counted = True  # still counted against the client's limit on connections
+        # Read timeouts: one timer per connection that re-arms itself from the time the
+        # backend last sent something, instead of a timer made and cancelled per chunk.
+        self.last_seen = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._waiting: asyncio.Future[None] | None = None
+        self._timeout_s = 0.0
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -119,6 +117,7 @@ class Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        self.last_seen = self.loop.time()
         if self.response is None or self.response.complete:
             # Nothing may arrive between answers: a server that sends it is out of step.
             self.reusable = False
@@ -150,6 +149,7 @@ class Connection(asyncio.Protocol):
     def resume(self) -> None:
         if self.paused and self.transport is not None and not self.lost:
             self.paused = False
+            self.last_seen = self.loop.time()  # the backend was not silent: we stopped reading
             self.transport.resume_reading()
 
     # -- httptools callbacks -------------------------------------------------------------
@@ -200,20 +200,43 @@ class Connection(asyncio.Protocol):
             raise NotSent("the pooled connection was closed before the request was written")
         response = self.response = Response(self)
         self.headers_done = self.loop.create_future()
+        self.last_seen = self.loop.time()
         self.transport.writelines((head, body) if body else (head,))
         return response
 
     async def answer(self, timeout_s: float | None) -> None:
         """Waits for the status line and headers of the answer."""
-        done = self.headers_done
-        if done is None:
-            return
-        timer = self.loop.call_later(timeout_s, _expire, done) if timeout_s else None
+        if self.headers_done is not None:
+            await self.wait(self.headers_done, timeout_s)
+
+    async def wait(self, future: asyncio.Future[None], timeout_s: float | None) -> None:
+        """Awaits ``future``; it fails with TimeoutError once the backend has sent nothing
+        for ``timeout_s`` (counted from the request, or from the last bytes received)."""
+        if timeout_s:
+            self._waiting, self._timeout_s = future, timeout_s
+            deadline = self.last_seen + timeout_s
+            if self._timer is not None and self._timer_at > deadline:
+                self._timer.cancel()
+                self._timer = None
+            if self._timer is None:
+                self._timer_at = deadline
+                self._timer = self.loop.call_at(deadline, self._check_deadline)
         try:
-            await done
+            await future
         finally:
-            if timer is not None:
-                timer.cancel()
+            self._waiting = None
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        future = self._waiting
+        if future is None or future.done():
+            return  # nobody waits: the next wait arms it again
+        deadline = self.last_seen + self._timeout_s
+        if self.loop.time() >= deadline:
+            future.set_exception(TimeoutError())
+        else:
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._check_deadline)
 
     def _broken(self, error: UpstreamError) -> None:
         self.reusable = False
@@ -228,6 +251,9 @@ class Connection(asyncio.Protocol):
         if response is not self.response:
             return
         self.response = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if response.complete and self.reusable and not self.lost:
             self.resume()
             self.pool.release(self)
