@@ -23,7 +23,7 @@ step "browser: Debian Chromium, dashboard test"
 bash scripts/install_browser.sh
 BROWSER_TESTS_REQUIRED=1 .venv/bin/python -m pytest -m browser tests/browser -q
 
-step "benchmark smoke run (timings are not asserted)"
+step "benchmark smoke run: every peer answers as direct does; fails if gateway/bare CPU per request is over 2x the recorded ratio"
 bash scripts/install_bench_tools.sh
 .venv/bin/python -m bench.proxy --smoke
 
