@@ -26,9 +26,9 @@ from vllm_gateway.planner import (
     Need,
     NoRoom,
     Place,
-    plan_replica,
     used_gb,
 )
+from vllm_gateway.replica_planner import plan_replica
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -194,3 +194,12 @@ def test_a_model_goes_to_the_node_that_needs_no_eviction() -> None:
     assert plan(gpu_list, loaded, Need("new", 6.0, 1), None) == Place((1,))
     # Two GPUs on one node only: the need never spans nodes.
     assert isinstance(plan(gpu_list, [], Need("wide", 6.0, 2), None), Impossible)
+
+
+def test_the_tiers_hold_across_nodes() -> None:
+    """One eviction makes room on either node: node b's only way stops a model that could sleep
+    (sleeping it frees nothing there), node a's stops a plain one; node a wins."""
+    gpu_list = [Gpu(0, 6.0, "a"), Gpu(1, 6.0, "b")]
+    loaded = [Loaded("plain", (0,), 1.0, 5.0, True),
+              Loaded("sleepy", (1,), 1.0, 0.0, True, sleep_gb=1.0)]
+    assert plan(gpu_list, loaded, Need("new", 6.0, 1), None) == EvictThenPlace(("plain",), (0,))

@@ -28,24 +28,22 @@ Three extensions keep those rules and narrow where they apply:
   (expected load time × recent request rate, given by the caller): among sets of the same size,
   the cheapest to bring back goes, and recency only breaks ties.
 * **nodes and GPU sets.** A model's GPUs are always on one node (tensor parallelism stays inside
-  a machine), and only on the GPUs it allows; each node is planned alone and the best node wins.
-* **replicas.** Each server of a model is its own ``Loaded`` entry. :func:`plan_replica` places one
-  more: its siblings are never evicted for it and it never shares a GPU with one of them (a second
-  server on a GPU adds memory, not compute); with ``evict=False`` nothing at all is evicted (a
-  default model comes back only into free room).
+  a machine), and only on the GPUs it allows; each node is planned alone, the best node wins.
+* **replicas.** Each server of a model is its own ``Loaded`` entry; ``replica_planner`` places
+  one more on top of :func:`plan`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TypeAlias
 
 from .eviction_search import EPSILON_GB, Problem, best_fit, fewest_evictions, spare_recent
 
 __all__ = ["EPSILON_GB", "Decision", "EvictThenPlace", "Gpu", "Impossible", "Loaded", "Need",
-           "NoRoom", "Place", "gpu_memory_utilization", "plan", "plan_replica", "used_gb"]
+           "NoRoom", "Place", "gpu_memory_utilization", "needs_text", "plan", "used_gb"]
 
 
 @dataclass(frozen=True)
@@ -108,6 +106,7 @@ class Impossible:
 
 
 Decision: TypeAlias = Place | EvictThenPlace | NoRoom | Impossible
+_Key: TypeAlias = tuple[float, float, str]  # see _lru_key
 
 
 def used_gb(gpus: Sequence[Gpu], loaded: Sequence[Loaded]) -> dict[int, float]:
@@ -151,13 +150,13 @@ def _gpus_word(count: int) -> str:
     return "1 GPU" if count == 1 else f"{count} GPUs"
 
 
-def _lru_key(model: Loaded) -> tuple[float, float, str]:
+def _lru_key(model: Loaded) -> _Key:
     """Total order from cheapest to dearest to lose: reload cost, then least to most recently
     used; names break ties so results are stable."""
     return (model.reload_cost, model.last_used, model.name)
 
 
-def _needs_text(need: Need) -> str:
+def needs_text(need: Need) -> str:
     if need.gpu_count <= 0 or need.vram_gb <= 0:
         return f"{need.name} (needs no GPU)"
     return f"{need.name} (needs {_gb(need.vram_gb)} GB on {_gpus_word(need.gpu_count)})"
@@ -171,7 +170,7 @@ def _count_no_room(need: Need, busy: Sequence[Loaded], max_loaded: int) -> NoRoo
     holders = _names(busy)
     return NoRoom(
         holders,
-        f"no room for {_needs_text(need)}: max_loaded={max_loaded} slots held by busy models "
+        f"no room for {needs_text(need)}: max_loaded={max_loaded} slots held by busy models "
         f"{', '.join(holders)}",
     )
 
@@ -188,7 +187,7 @@ def plan(
         gpus = [gpu for gpu in gpus if gpu.id in need.allowed_gpus]
         if len(gpus) < need.gpu_count:
             return Impossible(
-                f"cannot load {_needs_text(need)}: only {_gpus_word(len(gpus))} of its gpu_ids "
+                f"cannot load {needs_text(need)}: only {_gpus_word(len(gpus))} of its gpu_ids "
                 "are in the inventory")
     nodes = list(dict.fromkeys(gpu.node for gpu in gpus))
     if len(nodes) <= 1 or need.gpu_count == 0 or need.vram_gb == 0:
@@ -200,39 +199,19 @@ def plan(
     return _best_of(decisions, loaded, need)
 
 
-def plan_replica(
-    gpus: Sequence[Gpu], loaded: Sequence[Loaded], need: Need, max_loaded: int | None,
-    siblings: frozenset[str] = frozenset(), evict: bool = True,
-) -> Decision:
-    """:func:`plan` for one server of a model whose other servers are ``siblings`` (names in
-    ``loaded``); see the module's docstring. When only the GPUs its siblings hold could take it,
-    it waits for them (NoRoom naming them) rather than being impossible."""
-    fixed = [replace(m, evictable=False) if m.evictable and (not evict or m.name in siblings)
-             else m for m in loaded]
-    held = frozenset(g for m in loaded if m.name in siblings for g in m.gpu_ids)
-    if not held or need.gpu_count == 0 or need.vram_gb == 0:
-        return plan(gpus, fixed, need, max_loaded)
-    allowed = need.allowed_gpus if need.allowed_gpus is not None else frozenset(g.id for g in gpus)
-    decision = plan(gpus, fixed, replace(need, allowed_gpus=allowed - held), max_loaded)
-    if isinstance(decision, Impossible) and not isinstance(plan(gpus, fixed, need, max_loaded),
-                                                           Impossible):
-        holders = tuple(sorted(m.name for m in loaded if m.name in siblings))
-        return NoRoom(holders, f"no room for {_needs_text(need)}: the GPUs it may use are held "
-                               f"by its other replicas {', '.join(holders)}")
-    return decision
-
-
 def _best_of(decisions: Sequence[Decision], loaded: Sequence[Loaded], need: Need) -> Decision:
-    """The best node's decision: a placement over a wait over never; fewer evictions, fewer stops,
-    then the set that spares valuable models; earlier nodes on ties."""
-    keys = {model.name: _lru_key(model) for model in loaded}
+    """The best node's decision: a placement over a wait over never; then one that stops no
+    sleeper and no model that could sleep (the tiers hold across nodes as within one), fewer
+    evictions, fewer stops, the set that spares valuable models; earlier nodes on ties."""
+    by_name = {model.name: model for model in loaded}
 
-    def rank(decision: Place | EvictThenPlace) -> tuple[int, int, list[tuple[float, float, str]]]:
+    def rank(decision: Place | EvictThenPlace) -> tuple[bool, int, int, list[_Key]]:
         if isinstance(decision, Place):
-            return (0, 0, [])
-        stops = len(decision.evict) - len(decision.sleep)
-        spared = sorted((keys[name] for name in decision.evict), reverse=True)
-        return (len(decision.evict), stops, spared)
+            return (False, 0, 0, [])
+        stopped = [by_name[name] for name in decision.evict if name not in decision.sleep]
+        tier = any(m.asleep or m.sleep_gb is not None for m in stopped)
+        spared = sorted((_lru_key(by_name[name]) for name in decision.evict), reverse=True)
+        return (tier, len(decision.evict), len(stopped), spared)
 
     placed = [d for d in decisions if isinstance(d, (Place, EvictThenPlace))]
     if placed:
@@ -240,10 +219,10 @@ def _best_of(decisions: Sequence[Decision], loaded: Sequence[Loaded], need: Need
     waits = [d for d in decisions if isinstance(d, NoRoom)]
     if waits:
         holders = tuple(sorted({name for d in waits for name in d.holders}))
-        return NoRoom(holders, f"no room for {_needs_text(need)} on any node: memory held by "
+        return NoRoom(holders, f"no room for {needs_text(need)} on any node: memory held by "
                                f"busy models {', '.join(holders)}")
     impossible = [d for d in decisions if isinstance(d, Impossible)]
-    return Impossible(f"cannot load {_needs_text(need)} on any node: "
+    return Impossible(f"cannot load {needs_text(need)} on any node: "
                       + "; ".join(d.message for d in impossible))
 
 
@@ -357,13 +336,13 @@ def _plan_on(
 
     if need.gpu_count > len(gpus):
         return Impossible(
-            f"cannot load {_needs_text(need)}: only {_gpus_word(len(gpus))} configured"
+            f"cannot load {needs_text(need)}: only {_gpus_word(len(gpus))} configured"
         )
     candidates = [gpu for gpu in gpus if need.vram_gb <= gpu.total_gb + EPSILON_GB]
     if len(candidates) < need.gpu_count:
         largest = max((gpu.total_gb for gpu in gpus), default=0.0)
         return Impossible(
-            f"cannot load {_needs_text(need)}: only {len(candidates)} of {_gpus_word(len(gpus))} "
+            f"cannot load {needs_text(need)}: only {len(candidates)} of {_gpus_word(len(gpus))} "
             f"have that much memory (largest: {_gb(largest)} GB)"
         )
 
@@ -385,7 +364,7 @@ def _plan_on(
         holders = _names([m for m in busy if candidate_ids.intersection(m.gpu_ids)])
         return NoRoom(
             holders,
-            f"no room for {_needs_text(need)}: memory held by busy models {', '.join(holders)}",
+            f"no room for {needs_text(need)}: memory held by busy models {', '.join(holders)}",
         )
     total = max(over, len(fewest))
     if total > len(evictable):

@@ -15,7 +15,7 @@ import asyncio
 import math
 from typing import TYPE_CHECKING
 
-from .. import planner
+from .. import planner, replica_planner
 from ..errors import GatewayError
 from ..events import StopReason
 from ..lifecycle import State
@@ -104,8 +104,9 @@ class Claims:
     def _plan(self, inst: Instance, evictable: frozenset[str] = frozenset(),
               nobody: bool = False) -> planner.Decision:
         siblings = frozenset(r.key for r in self.m.models[inst.name].replicas if r is not inst)
-        return planner.plan_replica(self.m.gpus, self._loaded(inst, evictable), self._need(inst),
-                                    self.m.config.max_loaded_models, siblings, evict=not nobody)
+        return replica_planner.plan_replica(
+            self.m.gpus, self._loaded(inst, evictable), self._need(inst),
+            self.m.config.max_loaded_models, siblings, evict=not nobody)
 
     def room_free(self, inst: Instance) -> bool:
         """Whether the replica would fit now without stopping or sleeping anything."""
