@@ -54,11 +54,18 @@ async def gauges(gw: Served, name: str) -> tuple[float, float]:
 
 async def wait_counts(gw: Served, name: str, in_flight: int, queued: int,
                       timeout: float = 15.0) -> dict[str, Any]:
+    seen: list[tuple[str, int, int]] = []
+
     async def check() -> dict[str, Any] | None:
         m = await model_status(gw, name)
+        if not seen or seen[-1] != (m["state"], m["in_flight"], m["queued"]):
+            seen.append((m["state"], m["in_flight"], m["queued"]))
         return m if (m["in_flight"], m["queued"]) == (in_flight, queued) else None
-    found: dict[str, Any] = await wait_for(
-        check, timeout, f"{name}: in_flight={in_flight}, queued={queued}")
+    try:
+        found: dict[str, Any] = await wait_for(
+            check, timeout, f"{name}: in_flight={in_flight}, queued={queued}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; (state, in_flight, queued) seen: {seen[-8:]}") from None
     return found
 
 

@@ -23,8 +23,9 @@ from helpers import free_port, metric, scrape, wait_until
 PY = sys.executable
 
 
-def fake_command(*extra: str, worker: bool = True, startup_delay: float = 0.2) -> list[str]:
-    """The command of a model served by the fake backend (a vLLM look-alike)."""
+def fake_command(*extra: str, worker: bool = True, startup_delay: float = 0.0) -> list[str]:
+    """The command of a model served by the fake backend (a vLLM look-alike); it listens as
+    soon as it has imported, unless a test asks for a loading time."""
     cmd = [PY, "-m", "fake_vllm", "--port", "{port}", "--served-model-name",
            "{name}", "--startup-delay", str(startup_delay)]
     if not worker:

@@ -48,27 +48,31 @@ def wait_until(predicate: Callable[[], T | None], timeout: float = 20.0, interva
 
 @overload
 async def wait_for(check: Callable[[], Awaitable[T | None]], timeout: float = ...,
-                   what: str = ..., interval: float = ...) -> T: ...
+                   what: str = ..., interval: float | None = ...) -> T: ...
 
 
 @overload
 async def wait_for(check: Callable[[], T | None], timeout: float = ..., what: str = ...,
-                   interval: float = ...) -> T: ...
+                   interval: float | None = ...) -> T: ...
 
 
 async def wait_for(check: Callable[[], Any], timeout: float = 5.0, what: str = "condition",
-                   interval: float = 0.01) -> Any:
-    """:func:`wait_until` in a running event loop; ``check`` may be a coroutine function."""
+                   interval: float | None = None) -> Any:
+    """:func:`wait_until` in a running event loop; ``check`` may be a coroutine function.
+
+    A plain check is asked every 10 ms; a coroutine (an HTTP round trip, often to a gateway
+    in this same loop) every 30 ms, so that asking does not starve what it waits for."""
     deadline = time.monotonic() + timeout
     while True:
         last = check()
         if inspect.isawaitable(last):
             last = await last
+            interval = 0.03 if interval is None else interval
         if last:
             return last
         if time.monotonic() > deadline:
             raise _timed_out(what, timeout, last)
-        await asyncio.sleep(interval)
+        await asyncio.sleep(0.01 if interval is None else interval)
 
 
 def metric(text: str, name: str, default: float | None = 0.0, /, **labels: str) -> float:
