@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from harness import GatewayProc, chat, fake_command
+from helpers import metric
 from security_helpers import error_of, last_backend_request, running
 
 
@@ -89,6 +90,22 @@ def test_an_adapter_is_served_by_its_base_under_its_own_name(gw: GatewayProc) ->
     assert re.search(r"POST /v1/chat/completions model=chat status=200", gw.log())
     status = gw.model("base")
     assert sorted(a["name"] for a in status["adapters"]) == ["chat", "sql"]
+
+
+def test_an_adapters_streamed_tokens_are_counted_under_its_own_name(gw: GatewayProc) -> None:
+    def tokens(model: str) -> float:
+        text = httpx.get(gw.url + "/metrics", timeout=10).text
+        return metric(text, "vllm_gateway_tokens_total", model=model, kind="completion")
+
+    before = {name: tokens(name) for name in ("sql", "base")}
+    body = {**chat("sql", max_tokens=3), "stream": True,
+            "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", gw.url + "/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        text = "".join(r.iter_text())
+    assert text.rstrip().endswith("data: [DONE]")
+    assert tokens("sql") == before["sql"] + 3
+    assert tokens("base") == before["base"]
 
 
 def test_an_unknown_adapter_is_a_404_like_an_unknown_model(gw: GatewayProc) -> None:

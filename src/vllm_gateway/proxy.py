@@ -138,7 +138,7 @@ class Proxy:
             ctx.mark_first_byte()
             await sink.start(answer.status, response_headers(answer.header_pairs()),
                              None if is_stream else length, is_stream)
-            counter = UsageCounter(self.metrics, cfg.name)
+            counter = UsageCounter(self.metrics, ctx.model)  # an adapter's under its own name
             counter.feed(first)
             await sink.write(first)
             try:
