@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from harness import chat, sse_events
-from test_upstream import Server, answer, serving
+from upstream_server import Server, answer, serving
 
 ANSWER = json.dumps({"id": "x", "object": "chat.completion", "choices": [
     {"index": 0, "message": {"role": "assistant", "content": "fine"}, "finish_reason": "stop"}],

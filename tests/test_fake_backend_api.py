@@ -1,96 +1,18 @@
-"""The packaged fake vLLM backend, run as a real process on 127.0.0.1."""
+"""The packaged fake vLLM backend's HTTP API, on one backend process shared by the module:
+health and models, chat and completions (plain and streamed, read by the OpenAI SDK too),
+embeddings, unknown models, scripted statuses and bad requests, the last request, in-flight
+metrics, and disconnects stopping generation. Its process life (loading, failing starts,
+crashes, SIGTERM, bad arguments) is in test_fake_backend_process.py."""
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import json
-import os
-import signal
-import subprocess
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
-import psutil
 import pytest
-from helpers import free_port
-from procutil import (
-    fake_backend_cmd,
-    group_pids,
-    kill_group,
-    port_open,
-    wait_group_gone,
-    wait_port,
-    wait_port_blocking,
-)
-
-NAME = "tiny"
-START_TIMEOUT_S = 20.0
-OOM = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
-
-
-@dataclass
-class Backend:
-    proc: subprocess.Popen[bytes]
-    port: int
-    out: Path
-    err: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stdout(self) -> str:
-        return self.out.read_text()
-
-    def stderr(self) -> str:
-        return self.err.read_text()
-
-    def worker_pid(self) -> int:
-        [child] = psutil.Process(self.proc.pid).children()
-        return child.pid
-
-
-def spawn(directory: Path, *extra: str) -> Backend:
-    port = free_port()
-    directory.mkdir(parents=True, exist_ok=True)
-    out, err = directory / f"{port}.out", directory / f"{port}.err"
-    with out.open("wb") as out_file, err.open("wb") as err_file:
-        proc = subprocess.Popen(
-            fake_backend_cmd(port, NAME, *extra),
-            stdout=out_file,
-            stderr=err_file,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    return Backend(proc, port, out, err)
-
-
-def stop(backend: Backend) -> None:
-    kill_group(backend.proc.pid)
-    backend.proc.wait(timeout=10)
-
-
-@pytest.fixture
-def started(tmp_path: Path) -> Iterator[Callable[..., Backend]]:
-    """Start backends for one test; their whole groups are killed afterwards."""
-    backends: list[Backend] = []
-
-    def start(*extra: str) -> Backend:
-        backend = spawn(tmp_path, *extra)
-        backends.append(backend)
-        return backend
-
-    yield start
-    for backend in backends:
-        stop(backend)
+from fake_backend_helpers import NAME, START_TIMEOUT_S, Backend, chat, poll, spawn, stats, stop
+from procutil import wait_port_blocking
 
 
 @pytest.fixture(scope="module")
@@ -109,20 +31,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def poll(check: Callable[[], Any], timeout: float = 10.0) -> None:
-    """Poll ``check()`` (plain or async, returning truthy) within a deadline."""
-    deadline = time.monotonic() + timeout
-    while not (await result if inspect.isawaitable(result := check()) else result):
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
-async def stats(http: aiohttp.ClientSession, backend: Backend) -> dict[str, Any]:
-    async with http.get(f"{backend.url}/fake/stats") as resp:
-        result: dict[str, Any] = await resp.json()
-        return result
-
-
 async def events(resp: aiohttp.ClientResponse, limit: int | None = None) -> list[str]:
     """The ``data:`` payloads of an SSE stream, up to ``limit`` of them."""
     found: list[str] = []
@@ -135,24 +43,6 @@ async def events(resp: aiohttp.ClientResponse, limit: int | None = None) -> list
         else:
             assert line == b"\n", line
     return found
-
-
-def chat(max_tokens: int | None = None, **extra: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": NAME, "messages": [{"role": "user", "content": "hi there"}]}
-    if max_tokens is not None:
-        body["max_tokens"] = max_tokens
-    return body | extra
-
-
-async def test_port_refused_while_loading_then_open(started: Callable[..., Backend]) -> None:
-    backend = started("--startup-delay", "2")
-    await poll(lambda: "Loading model" in backend.stdout())
-    assert not port_open(backend.port)
-    worker = psutil.Process(backend.worker_pid())
-    assert "--worker-of" in worker.cmdline()
-    assert os.getpgid(worker.pid) == backend.proc.pid
-    await wait_port(backend.port, START_TIMEOUT_S, alive=backend.alive)
-    await poll(lambda: "Application startup complete." in backend.stderr())  # on stderr, as in vLLM
 
 
 async def test_health_and_models(shared: Backend, http: aiohttp.ClientSession) -> None:
@@ -334,72 +224,3 @@ async def test_disconnect_stops_generation(shared: Backend, http: aiohttp.Client
     await poll(stopped)
     async with http.get(f"{shared.url}/metrics") as metrics:
         assert 'vllm:num_requests_running{engine="0",model_name="tiny"} 0.0' in await metrics.text()
-
-
-async def test_fail_start(started: Callable[..., Backend]) -> None:
-    backend = started("--fail-start", "--startup-delay", "0.1")
-    assert await asyncio.to_thread(backend.proc.wait, START_TIMEOUT_S) == 1
-    lines = backend.stderr().rstrip("\n").splitlines()
-    # As with real vLLM, the cause comes first and the API server's generic error after it.
-    assert OOM in lines and lines.index(OOM) < len(lines) - 1
-    assert any(line.startswith("RuntimeError: Engine core initialization failed")
-               for line in lines[lines.index(OOM):])
-    assert "Loading model" in backend.stdout()
-    assert "Application startup complete." not in backend.stdout() + backend.stderr()
-
-
-@pytest.mark.parametrize("stream", [True, False])
-async def test_crash_after_leaves_worker(
-    started: Callable[..., Backend], http: aiohttp.ClientSession, stream: bool
-) -> None:
-    backend = started("--crash-after", "2", "--startup-delay", "0")
-    await wait_port(backend.port, START_TIMEOUT_S, alive=backend.alive)
-    worker = backend.worker_pid()
-    url = f"{backend.url}/v1/chat/completions"
-    async with http.post(url, json=chat(1)) as resp:
-        assert resp.status == 200
-    chunks: list[bytes] = []
-    with pytest.raises(aiohttp.ClientError):
-        async with http.post(url, json=chat(50, stream=stream)) as resp:
-            while line := await resp.content.readline():
-                chunks += [line] if line.startswith(b"data: ") else []
-    # A stream dies after a couple of chunks; a plain request before any answer.
-    assert len(chunks) == (2 if stream else 0)
-    assert await asyncio.to_thread(backend.proc.wait, START_TIMEOUT_S) == 1
-    assert group_pids(backend.proc.pid) == [worker]
-
-
-async def test_sigterm_stops_main_and_worker_despite_hung_health(
-    started: Callable[..., Backend], http: aiohttp.ClientSession
-) -> None:
-    backend = started("--startup-delay", "0", "--api-key", "sekrit")
-    await wait_port(backend.port, START_TIMEOUT_S, alive=backend.alive)
-    pgid = backend.proc.pid
-    assert len(group_pids(pgid)) == 2
-    async with http.get(f"{backend.url}/v1/models") as resp:
-        assert resp.status == 401
-    auth = {"Authorization": "Bearer sekrit"}
-    async with http.get(f"{backend.url}/v1/models", headers=auth) as resp:
-        assert resp.status == 200
-    async with http.post(f"{backend.url}/fake/hang"):
-        pass
-    with pytest.raises(asyncio.TimeoutError):
-        async with http.get(f"{backend.url}/health", timeout=aiohttp.ClientTimeout(total=0.5)):
-            pass
-    hung = asyncio.ensure_future(http.get(f"{backend.url}/health"))
-    assert (await stats(http, backend))["pid"] == pgid
-    started_at = time.monotonic()
-    os.kill(pgid, signal.SIGTERM)
-    assert await asyncio.to_thread(backend.proc.wait, 10) == 0
-    await wait_group_gone(pgid, 10)
-    assert time.monotonic() - started_at < 5
-    with pytest.raises(aiohttp.ClientError):
-        await hung
-    assert "Application shutdown complete." in backend.stderr()
-
-
-def test_bad_arguments_are_explained() -> None:
-    cmd = fake_backend_cmd(free_port(), NAME, "--tokens", "0")
-    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=30)
-    assert done.returncode == 2
-    assert "--tokens: must be at least 1" in done.stderr
