@@ -16,12 +16,13 @@ import argparse
 import asyncio
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-DASHBOARD = Path(__file__).resolve().parents[2] / "src" / "vllm_gateway" / "static" / "dashboard.html"
+from vllm_gateway.web.middleware import errors_middleware
+from vllm_gateway.web.ops import add_dashboard_routes
+
 # States in which a model holds GPU memory (a sleeper only SLEEP_VRAM_GB of it).
 HOLDS = ("starting", "ready", "draining", "sleeping", "waking", "stopping")
 SLEEP_VRAM_GB = 1.0
@@ -210,16 +211,13 @@ class StubGateway:
                             "model": model, "kind": kind, "message": message})
 
     def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/", self.page)
-        app.router.add_get("/gateway/ui", self.page)
+        # The page and its files as the gateway serves them, its 404s included.
+        app = web.Application(middlewares=[errors_middleware])
+        add_dashboard_routes(app.router)
         app.router.add_get("/gateway/status", self.status)
         app.router.add_get("/gateway/events", self.list_events)
         app.router.add_post("/gateway/models/{name}/{action:load|unload|sleep}", self.action)
         return app
-
-    async def page(self, _: web.Request) -> web.FileResponse:
-        return web.FileResponse(DASHBOARD)
 
     async def status(self, _: web.Request) -> web.Response:
         self.status_calls += 1

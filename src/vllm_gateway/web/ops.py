@@ -7,9 +7,24 @@ from importlib import resources
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..errors import BadRequest
+from ..errors import BadRequest, NotFound
 from ..openapi import OPENAPI
 from .keys import AUTH_KEY, GATEWAY_KEY
+
+_JS = "text/javascript; charset=utf-8"
+# The dashboard page's files, by the name it asks for them under /gateway/ui/. Only these are
+# read, so no request can name another file of the package; they are open like the page itself.
+DASHBOARD_FILES = {
+    "dashboard.css": "text/css; charset=utf-8",
+    "dashboard.js": _JS,
+    "actions.js": _JS,
+    "api.js": _JS,
+    "events.js": _JS,
+    "poll.js": _JS,
+    "status.js": _JS,
+    "timeline.js": _JS,
+    "ui.js": _JS,
+}
 
 
 async def health(request: web.Request) -> web.Response:
@@ -55,6 +70,25 @@ async def dashboard(request: web.Request) -> web.Response:
     return web.Response(text=page, content_type="text/html")
 
 
+async def dashboard_file(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    content_type = DASHBOARD_FILES.get(name)
+    if content_type is None:
+        raise NotFound(f"no such file of the dashboard: {request.path}")
+    try:
+        body = resources.files("vllm_gateway").joinpath(f"static/{name}").read_bytes()
+    except (FileNotFoundError, OSError):
+        raise NotFound(f"the dashboard file {name} is missing from this install") from None
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def add_dashboard_routes(router: web.UrlDispatcher) -> None:
+    """The page at / and /gateway/ui, its stylesheet and scripts at /gateway/ui/NAME."""
+    router.add_get("/", dashboard)
+    router.add_get("/gateway/ui", dashboard)
+    router.add_get("/gateway/ui/{name}", dashboard_file)
+
+
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/health", health)
     router.add_get("/ready", ready)
@@ -62,5 +96,4 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/gateway/status", status)
     router.add_get("/gateway/events", events)
     router.add_get("/openapi.json", openapi)
-    router.add_get("/", dashboard)
-    router.add_get("/gateway/ui", dashboard)
+    add_dashboard_routes(router)
