@@ -54,6 +54,7 @@ class StubModel:
     node: str | None = None
     retry_at: float | None = None
     failed_starts: int = 0
+    adapters: list[dict[str, Any]] | None = None  # loaded LoRA adapters; None: none configured
     recent: dict[str, float | None] = field(
         default_factory=lambda: {"requests_per_min": 0.0, "p95_s": None})
 
@@ -97,6 +98,7 @@ class StubModel:
             "wake_check_failures": self.wake_check_failures,
             "node": self.node,
             "recent": self.recent,
+            "adapters": self.adapters if self.adapters is None or running else [],
             "backend": (
                 {
                     "num_requests_running": self.in_flight,
@@ -113,7 +115,9 @@ def demo_models() -> list[StubModel]:
     now = time.time()
     return [
         StubModel("llama-3.1-8b", 18, [0], state="ready", aliases=["llama"], in_flight=3,
-                  last_used=now - 4, last_start_s=41.7, kv=0.37),
+                  last_used=now - 4, last_start_s=41.7, kv=0.37,
+                  adapters=[{"name": "chat", "last_used": now - 90, "in_flight": 0},
+                            {"name": "sql", "last_used": now - 4, "in_flight": 2}]),
         StubModel("qwen2.5-coder-7b", 16, [0], state="starting", started_at=now - 12.4),
         StubModel("mistral-7b", 16, [1], state="ready", queued=0, last_used=now - 380,
                   last_start_s=35.2, kv=0.04, max_concurrent=16),

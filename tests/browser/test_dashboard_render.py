@@ -46,6 +46,11 @@ async def test_renders_status_and_asks_for_the_admin_key(
     await expect(llama.locator('[data-field="kv"]')).to_have_text("37 %")
     await expect(llama.locator('[data-field="last_used"]')).to_have_text(re.compile(r"^\d+ s ago$"))
     await expect(llama.locator('[data-field="gpus"]')).to_have_text("GPU 0")
+    # A base's loaded LoRA adapters are shown under it; a model without adapters shows none.
+    await expect(llama.locator('[data-field="adapters"]')).to_contain_text("LoRA")
+    await expect(llama.locator('[data-adapter="chat"]')).to_have_text("chat")
+    await expect(llama.locator('[data-adapter="sql"]')).to_have_text("sql · 2 in flight")
+    await expect(page.locator('tr[data-model="mistral-7b"] [data-field="adapters"]')).to_be_hidden()
     await expect(page.locator('tr[data-model="bge-m3"] [data-field="last_used"]')).to_have_text(
         "50 min ago"
     )

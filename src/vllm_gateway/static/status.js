@@ -68,7 +68,8 @@ function buildRow(name) {
     tr.append(cells[f]);
   }
   cells.in_flight.className = cells.queued.className = "num";
-  cells.name.append(el("div", { class: "name mono", title: name, text: name }), el("div", { class: "sub" }));
+  cells.name.append(el("div", { class: "name mono", title: name, text: name }), el("div", { class: "sub" }),
+    el("div", { class: "lora", "data-field": "adapters", hidden: true }));
   cells.state.append(el("span", { class: "badge" }));
   cells.actions.className = "actions";
   for (const action of ["load", "unload", "sleep"]) {
@@ -95,8 +96,10 @@ function updateRow(row, m) {
   if (m.wake_check_failures) subBits.push(m.wake_check_failures + " wake checks failed");
   if (m.port) subBits.push(":" + m.port);
   if (m.pid) subBits.push("pid " + m.pid);
-  setText(cells.name.lastChild, subBits.join(" · "));
-  cells.name.lastChild.title = subBits.join(" · ");
+  const sub = cells.name.children[1];
+  setText(sub, subBits.join(" · "));
+  sub.title = subBits.join(" · ");
+  renderAdapters(cells.name.children[2], m.adapters);
   const badge = cells.state.firstChild;
   badge.className = "badge s-" + m.state;
   setText(badge, m.state);
@@ -127,6 +130,14 @@ function updateRow(row, m) {
   tr.classList.toggle("has-error", Boolean(m.error));
   const tries = m.failed_starts > 1 ? ` (${m.failed_starts} failed starts in a row)` : "";
   setText(errRow.firstChild, m.error ? "Error: " + m.error + tries : "");
+}
+// A base's LoRA adapters loaded in its server now (null: the model has none configured).
+function renderAdapters(box, adapters) {
+  box.hidden = !adapters;
+  if (!adapters) return;
+  const text = (a) => a.name + (a.in_flight ? " · " + a.in_flight + " in flight" : "");
+  const chips = adapters.map((a) => el("span", { class: "chip", "data-adapter": a.name, title: "last used " + ago(a.last_used), text: text(a) }));
+  box.replaceChildren("LoRA ", ...(chips.length ? chips : ["none loaded"]));
 }
 function startText(m) {
   const has = (v) => v !== null && v !== undefined;
