@@ -47,7 +47,11 @@ def test_crash_mid_request_is_502_then_recovers(gateway: Start) -> None:
         first_pid = gw.model("crashy")["pid"]
         r = c.post("/v1/chat/completions", json=chat("crashy"))
         assert r.status_code == 502, r.text
-        # The crash is noticed and the worker children are cleaned up, then it restarts.
+        # The crash is noticed without traffic (a request sent into the dying server's listen
+        # queue before then is reset after it was sent: a 502 too, never retried, as the
+        # backend may have begun it) and the worker children are cleaned up...
+        wait_until(lambda: gw.model("crashy")["state"] != "ready", 10, what="crash noticed")
+        # ...then the next request starts it again.
         r = c.post("/v1/chat/completions", json=chat("crashy"))
         assert r.status_code == 200, r.text
     assert gw.model("crashy")["pid"] != first_pid
