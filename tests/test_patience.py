@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from helpers import wait_for
-from runtime_fakes import make_manager
+from runtime_fakes import FakeSleep, make_manager
 
 from vllm_gateway.admission import QueueFull
 from vllm_gateway.lifecycle import State
@@ -133,6 +133,22 @@ async def test_patience_defaults_to_the_learned_load_time() -> None:
     assert manager.claims.patience_s(inst) == 30.0  # first guess: a tenth of the timeout
     manager.svc.costs.record("a", "start", 12.0)
     assert manager.claims.patience_s(inst) == 12.0
+
+
+async def test_a_sleepers_patience_is_its_learned_wake_time() -> None:
+    """A request for a sleeping model waits to wake it, which takes a second, not a start."""
+    manager, _ = make_manager({"a": 10}, gpus=[40], startup_timeout_s=300, sleeper=FakeSleep(),
+                              sleep=1)
+    inst = manager.instances["a"]
+    async with manager.lease(inst):
+        pass
+    await manager.sleep(inst)
+    assert inst.state is State.SLEEPING
+    for _ in range(3):  # outweighs the fake's instant start in the moving median
+        manager.svc.costs.record("a", "start", 12.0)
+    assert manager.claims.patience_s(inst) == 12.0  # no wake yet: a start bounds it
+    manager.svc.costs.record("a", "wake", 0.5)
+    assert manager.claims.patience_s(inst) == 0.5
 
 
 async def test_retry_after_on_a_full_queue_while_starting_counts_the_load_left() -> None:

@@ -45,7 +45,11 @@ class Claims:
     def patience_s(self, inst: Instance) -> float:
         if inst.cfg.swap_patience_s is not None:
             return inst.cfg.swap_patience_s
-        learned = self.m.svc.costs.expected(inst.name, "start")
+        # What it waits for is its own load: a wake for a sleeper (a second), not a start;
+        # a wake is never slower than a start, so a learned start bounds an unknown wake.
+        learned = self.expected_load_s(inst)
+        if learned is None:
+            learned = self.m.svc.costs.expected(inst.name, "start")
         return learned if learned is not None else inst.cfg.startup_timeout_s * FIRST_GUESS_SHARE
 
     def load_left_s(self, inst: Instance) -> float | None:
