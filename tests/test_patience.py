@@ -104,6 +104,54 @@ async def test_the_holder_cheapest_to_bring_back_is_pressed_not_all() -> None:
     await asyncio.gather(*b_more)
 
 
+def hold(manager: Manager, name: str) -> tuple[asyncio.Task[None], asyncio.Event, asyncio.Event]:
+    """A request of ``name`` that stays in flight until released: (task, entered, release)."""
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def run() -> None:
+        async with manager.lease(manager.instances[name]):
+            entered.set()
+            await release.wait()
+
+    return asyncio.get_running_loop().create_task(run()), entered, release
+
+
+async def test_steady_traffic_drains_only_after_the_patience_and_the_waiter_is_in_the_bound(
+) -> None:
+    """a is never idle (each request arrives before the last one ends); b's request waits its
+    patience, then a's later requests wait behind it, and b is served once a's in-flight
+    request ends: patience + the holder's drain + one load (the fake's is instant)."""
+    clock = ManualClock()
+    manager, _ = make_manager({"a": 30, "b": 30}, gpus=[40], clock=clock, swap_patience_s=20)
+    a, b = manager.instances["a"], manager.instances["b"]
+    _, entered, release = hold(manager, "a")
+    await asyncio.wait_for(entered.wait(), 5)
+    clock.advance(100)  # a has held its GPU for longer than the patience
+    started = clock.now()
+    waiter = asyncio.create_task(_one(manager, "b"))
+    await asyncio.sleep(0.05)  # it arrives now
+    for _ in range(3):  # t = 5, 10, 15: a's next request is served at once, then the last ends
+        clock.advance(5)
+        _, entered, next_release = hold(manager, "a")
+        await asyncio.wait_for(entered.wait(), 5)
+        release.set()
+        release = next_release
+    assert a.pressure == [] and b.state is State.STOPPED and not waiter.done()
+    clock.advance(5)  # t = 20: the patience has run out
+    await wait_for(lambda: a.pressure != [])
+    later, later_entered, later_release = hold(manager, "a")
+    await asyncio.sleep(0.3)
+    assert not later_entered.is_set()  # it waits behind b's request now
+    clock.advance(4)  # t = 24: a's request in flight ends: the drain took 4 s
+    release.set()
+    await asyncio.wait_for(waiter, 5)
+    assert clock.now() - started <= 20 + 4  # patience + drain + one (instant) load
+    await asyncio.wait_for(later_entered.wait(), 5)  # a comes back for it once b is idle
+    later_release.set()
+    await later
+    assert (a.limiter.in_flight, a.limiter.queued, b.limiter.in_flight) == (0, 0, 0)
+
+
 async def _one(manager: Manager, name: str) -> None:
     async with manager.lease(manager.instances[name]):
         pass
