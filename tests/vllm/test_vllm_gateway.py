@@ -29,7 +29,7 @@ import httpx
 import openai
 import psutil
 import pytest
-from harness import GatewayProc, start_gateway
+from harness import GatewayProc
 from helpers import HOST, metric, wait_until
 from procutil import group_pids
 from vllm_gateway_helpers import (
@@ -39,11 +39,11 @@ from vllm_gateway_helpers import (
     describe,
     events,
     gateway_tree,
-    running,
     server_tree,
+    serving,
     wait_all_gone,
 )
-from vllm_proc import DROPPED_ENV, VllmStack
+from vllm_proc import VllmStack
 
 pytestmark = pytest.mark.vllm
 
@@ -57,7 +57,6 @@ MAX_TOKENS = 8
 # allows 32,768 positions.
 LONG_MODEL_LEN, LONG_MAX_TOKENS = 32768, 32000
 IDLE_S = 15
-HEALTH_INTERVAL_S = 1.0
 GAUGES = ("num_requests_running", "num_requests_waiting", "kv_cache_usage_perc")
 
 
@@ -92,38 +91,9 @@ def gw(vllm_stack: VllmStack, tmp_path_factory: pytest.TempPathFactory) -> Itera
         BROKEN: {"command": missing.command(), "vram_gb": 1, "env": env},
         NO_KV: {"command": no_kv.command(), "vram_gb": 1, "env": long_env},
     }
-    with pytest.MonkeyPatch.context() as patch:
-        # The gateway passes its environment on; this one would override --kv-cache-memory-bytes.
-        for name in DROPPED_ENV:
-            patch.delenv(name, raising=False)
-        gateway = start_gateway(
-            tmp, models,
-            # DEBUG puts every line the servers print into the gateway's log, with times.
-            env={"LOG_LEVEL": "DEBUG"},
-            gpus=[{"id": 0, "vram_gb": GPU_GB}],
-            defaults={"startup_timeout_s": 300, "request_timeout_s": 300},
-            # Probes can time out while a loaded 2-core machine stalls every
-            # process for seconds; a busy backend must not be restarted for that here.
-            faults={"health_interval_s": HEALTH_INTERVAL_S, "unhealthy_probes": 10,
-                    "stop_grace_s": 30},
-            server={"shutdown_timeout_s": 60},
-        )  # fmt: skip
-    try:
+    with serving(tmp, models, gpus=[{"id": 0, "vram_gb": GPU_GB}],
+                 server={"shutdown_timeout_s": 60}) as gateway:
         yield gateway
-    finally:
-        _stop_and_check(gateway)
-
-
-def _stop_and_check(gateway: GatewayProc) -> None:
-    """Whatever a test left running is stopped; survivors are killed, then reported."""
-    print(f"gateway log (servers' output included): {gateway.log_path}")
-    procs = gateway_tree(gateway) if gateway.proc.poll() is None else []
-    gateway.stop(signal.SIGTERM, timeout=120)
-    _, alive = psutil.wait_procs(procs, timeout=60)
-    alive = [p for p in alive if running(p)]
-    for proc in alive:
-        proc.kill()
-    assert not alive, f"processes left behind by the gateway: {describe(alive)}"
 
 
 @pytest.fixture(scope="module")

@@ -16,19 +16,17 @@ One base, ``max_adapters: 2``, in order:
 from __future__ import annotations
 
 import dataclasses
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import pytest
-from harness import GatewayProc, start_gateway
+from harness import GatewayProc
 from helpers import HOST
-from vllm_gateway_helpers import HTTP_TIMEOUT_S, describe, gateway_tree, running
-from vllm_proc import DROPPED_ENV, VllmStack
+from vllm_gateway_helpers import HTTP_TIMEOUT_S, serving
+from vllm_proc import VllmStack
 
 pytestmark = pytest.mark.vllm
 
@@ -59,25 +57,8 @@ def gw(vllm_stack: VllmStack, tmp_path_factory: pytest.TempPathFactory) -> Itera
         vllm_stack, extra_args=(*vllm_stack.extra_args, "--host", HOST, *LORA_ARGS))
     models = {BASE: {"command": local.command(), "env": vllm_stack.server_env,
                      "adapters": adapters, "max_adapters": 2, "max_lora_rank": 8}}
-    with pytest.MonkeyPatch.context() as patch:
-        for name in DROPPED_ENV:
-            patch.delenv(name, raising=False)
-        gateway = start_gateway(
-            tmp, models, env={"LOG_LEVEL": "DEBUG"},
-            defaults={"startup_timeout_s": 300, "request_timeout_s": 300},
-            faults={"health_interval_s": 1.0, "unhealthy_probes": 10, "stop_grace_s": 30},
-        )
-    try:
+    with serving(tmp, models) as gateway:
         yield gateway
-    finally:
-        print(f"gateway log (servers' output included): {gateway.log_path}")
-        procs = gateway_tree(gateway) if gateway.proc.poll() is None else []
-        gateway.stop(signal.SIGTERM, timeout=120)
-        _, alive = psutil.wait_procs(procs, timeout=60)
-        alive = [p for p in alive if running(p)]
-        for proc in alive:
-            proc.kill()
-        assert not alive, f"processes left behind by the gateway: {describe(alive)}"
 
 
 def post(gw: GatewayProc, model: str) -> httpx.Response:

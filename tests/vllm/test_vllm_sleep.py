@@ -15,22 +15,18 @@ gateway through a real sleep and a real wake of a real engine:
 from __future__ import annotations
 
 import dataclasses
-import signal
 from collections.abc import Iterator
 
 import httpx
-import psutil
 import pytest
-from harness import GatewayProc, start_gateway
+from harness import GatewayProc
 from helpers import HOST, metric, wait_until
 from vllm_gateway_helpers import (
     HTTP_TIMEOUT_S,
-    describe,
     events,
-    gateway_tree,
-    running,
+    serving,
 )
-from vllm_proc import DROPPED_ENV, VllmStack
+from vllm_proc import VllmStack
 
 pytestmark = pytest.mark.vllm
 
@@ -49,25 +45,8 @@ def gw(vllm_stack: VllmStack, tmp_path_factory: pytest.TempPathFactory) -> Itera
         DEEP: {"command": local.command(), "vram_gb": 4, "env": vllm_stack.server_env,
                "sleep": 2},
     }
-    with pytest.MonkeyPatch.context() as patch:
-        for name in DROPPED_ENV:
-            patch.delenv(name, raising=False)
-        gateway = start_gateway(
-            tmp, models, env={"LOG_LEVEL": "DEBUG"}, gpus=[{"id": 0, "vram_gb": 10}],
-            defaults={"startup_timeout_s": 300, "request_timeout_s": 300},
-            faults={"health_interval_s": 1.0, "unhealthy_probes": 10, "stop_grace_s": 30},
-        )
-    try:
+    with serving(tmp, models, gpus=[{"id": 0, "vram_gb": 10}]) as gateway:
         yield gateway
-    finally:
-        print(f"gateway log (servers' output included): {gateway.log_path}")
-        procs = gateway_tree(gateway) if gateway.proc.poll() is None else []
-        gateway.stop(signal.SIGTERM, timeout=120)
-        _, alive = psutil.wait_procs(procs, timeout=60)
-        alive = [p for p in alive if running(p)]
-        for proc in alive:
-            proc.kill()
-        assert not alive, f"processes left behind by the gateway: {describe(alive)}"
 
 
 def complete(gw: GatewayProc, model: str) -> str:

@@ -9,14 +9,19 @@ run, never by name.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import signal
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
-from harness import GatewayProc
+import pytest
+from harness import GatewayProc, start_gateway
 from helpers import HOST, scrape, wait_until
 from procutil import group_pids
+from vllm_proc import DROPPED_ENV
 
 # Generation on a busy 2-core machine can stall for seconds, a start takes up to minutes.
 HTTP_TIMEOUT_S = 300.0
@@ -100,3 +105,34 @@ def events(gw: GatewayProc) -> list[dict[str, Any]]:
     doc = httpx.get(gw.url + "/gateway/events", timeout=30).json()
     found: list[dict[str, Any]] = doc["events"]
     return found
+
+
+@contextmanager
+def serving(tmp: Path, models: dict[str, Any], **top: Any) -> Iterator[GatewayProc]:
+    """The gateway in front of real vLLM servers, with the suite's settings, then stopped: what
+    is still running is killed and reported (the test fails)."""
+    with pytest.MonkeyPatch.context() as patch:
+        # The gateway passes its environment on; these would override the stack's settings
+        # (--kv-cache-memory-bytes).
+        for name in DROPPED_ENV:
+            patch.delenv(name, raising=False)
+        gateway = start_gateway(
+            tmp, models,
+            # DEBUG puts every line the servers print into the gateway's log, with times.
+            env={"LOG_LEVEL": "DEBUG"},
+            defaults={"startup_timeout_s": 300, "request_timeout_s": 300},
+            # Probes can time out while a loaded 2-core machine stalls every process for
+            # seconds; a busy backend must not be restarted for that here.
+            faults={"health_interval_s": 1.0, "unhealthy_probes": 10, "stop_grace_s": 30},
+            **top)
+    try:
+        yield gateway
+    finally:
+        print(f"gateway log (servers' output included): {gateway.log_path}")
+        procs = gateway_tree(gateway) if gateway.proc.poll() is None else []
+        gateway.stop(signal.SIGTERM, timeout=120)
+        _, alive = psutil.wait_procs(procs, timeout=60)
+        alive = [p for p in alive if running(p)]
+        for proc in alive:
+            proc.kill()
+        assert not alive, f"processes left behind by the gateway: {describe(alive)}"
