@@ -8,16 +8,14 @@ The figures are kept in the state dir so a restarted gateway does not forget the
 
 from __future__ import annotations
 
-import json
-import logging
 import math
-import os
 import statistics
 from collections import deque
 from pathlib import Path
 
-log = logging.getLogger("vllm_gateway.costs")
+from . import state_file
 
+WHAT = "learned load times"
 WINDOW = 9  # loads per model and kind in the moving median
 RATE_HALF_LIFE_S = 300.0
 
@@ -50,13 +48,7 @@ class LoadCosts:
             self._load(path)
 
     def _load(self, path: Path) -> None:
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring the learned load times in %s: %s", path, exc)
-            return
+        data = state_file.read(path, WHAT)
         if not isinstance(data, dict):
             return
         for model, kinds in data.items():
@@ -82,10 +74,4 @@ class LoadCosts:
         if self._path is None:
             return
         data = {m: {k: list(v) for k, v in kinds.items()} for m, kinds in self._times.items()}
-        try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, self._path)
-        except OSError as exc:
-            log.warning("cannot keep the learned load times in %s: %s", self._path, exc)
+        state_file.write(self._path, data, WHAT)

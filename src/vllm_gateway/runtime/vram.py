@@ -13,20 +13,20 @@ times, and with its ``vram_gb_estimate`` until it was ever measured.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from ..config import ModelConfig
 from ..events import EventKind, EventLog
 from ..gpu import GpuReader
+from . import state_file
 from .instance import Instance
 
 log = logging.getLogger("vllm_gateway.vram")
 
+WHAT = "measured GPU memory"
 OVER_SHARE = 0.05  # measured above vram_gb by more than this share: a warning
 MEASURE_TIMEOUT_S = 5.0
 
@@ -41,13 +41,7 @@ class MeasuredVram:
             self._load(path)
 
     def _load(self, path: Path) -> None:
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring the measured GPU memory in %s: %s", path, exc)
-            return
+        data = state_file.read(path, WHAT)
         if isinstance(data, dict):
             self._last = {str(k): float(v) for k, v in data.items()
                           if isinstance(v, (int, float)) and v > 0}
@@ -63,15 +57,8 @@ class MeasuredVram:
 
     def record(self, model: str, gb: float) -> None:
         self._last[model] = gb
-        if self._path is None:
-            return
-        try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self._last))
-            os.replace(tmp, self._path)
-        except OSError as exc:
-            log.warning("cannot keep the measured GPU memory in %s: %s", self._path, exc)
+        if self._path is not None:
+            state_file.write(self._path, self._last, WHAT)
 
 
 async def measure(inst: Instance, reader: GpuReader, group_pids: Callable[[int], list[int]],
