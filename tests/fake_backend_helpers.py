@@ -1,11 +1,12 @@
 """The packaged fake vLLM backend as a real process on 127.0.0.1, for its own tests
-(test_fake_backend_api.py, test_fake_backend_process.py): start one in its own process
+(test_fake_backend_api.py, test_fake_backend_process.py, test_fake_sleep_lora.py): start one in its own process
 group, stop the whole group, poll for a condition, read its /fake/stats, build a chat body."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -47,8 +48,12 @@ class Backend:
         return child.pid
 
 
-def spawn(directory: Path, *extra: str) -> Backend:
+def spawn(directory: Path, *extra: str, env: dict[str, str] | None = None) -> Backend:
+    """A fake backend with ``extra`` arguments; ``env`` replaces every VLLM_* variable of
+    this environment (the dev-mode and LoRA switches), if given."""
     port = free_port()
+    full_env = None if env is None else \
+        {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")} | env
     directory.mkdir(parents=True, exist_ok=True)
     out, err = directory / f"{port}.out", directory / f"{port}.err"
     with out.open("wb") as out_file, err.open("wb") as err_file:
@@ -57,6 +62,7 @@ def spawn(directory: Path, *extra: str) -> Backend:
             stdout=out_file,
             stderr=err_file,
             stdin=subprocess.DEVNULL,
+            env=full_env,
             start_new_session=True,
         )
     return Backend(proc, port, out, err)

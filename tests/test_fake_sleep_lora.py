@@ -6,37 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from helpers import free_port, wait_for
-from procutil import fake_backend_cmd, kill_group, wait_port_blocking
+from fake_backend_helpers import NAME, Backend, spawn, stop
+from helpers import wait_for
+from procutil import wait_port_blocking
 
-NAME = "tiny"
 DEV = {"VLLM_SERVER_DEV_MODE": "1"}
 LORA = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
 # Bounds for a wait that should end at once; far above the fake's own delays.
 PROMPT_S = 10.0
-
-
-@dataclass
-class Backend:
-    proc: subprocess.Popen[bytes]
-    port: int
-    err: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
 
 
 @pytest.fixture
@@ -45,27 +28,14 @@ def backend(tmp_path: Path) -> Iterator[Callable[..., Backend]]:
     started: list[Backend] = []
 
     def start(env: dict[str, str], *extra: str) -> Backend:
-        port = free_port()
-        err = tmp_path / f"{port}.err"
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")} | env
-        with err.open("wb") as err_file:
-            proc = subprocess.Popen(
-                fake_backend_cmd(port, NAME, "--startup-delay", "0", "--no-worker", *extra),
-                stdout=subprocess.DEVNULL,
-                stderr=err_file,
-                stdin=subprocess.DEVNULL,
-                env=full_env,
-                start_new_session=True,
-            )
-        found = Backend(proc, port, err)
+        found = spawn(tmp_path, "--startup-delay", "0", "--no-worker", *extra, env=env)
         started.append(found)
-        wait_port_blocking(port, 20.0, alive=found.alive)
+        wait_port_blocking(found.port, 20.0, alive=found.alive)
         return found
 
     yield start
     for found in started:
-        kill_group(found.proc.pid)
-        found.proc.wait(timeout=10)
+        stop(found)
 
 
 @pytest.fixture
@@ -131,18 +101,11 @@ async def test_the_endpoints_are_404_without_their_environment_switch(
     assert (await call(http, "GET", f"{dev.url}/sleep"))[0] == 405
 
 
-def test_dev_mode_is_read_as_an_integer() -> None:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
-    proc = subprocess.run(
-        fake_backend_cmd(port, NAME, "--startup-delay", "0", "--no-worker"),
-        env=env | {"VLLM_SERVER_DEV_MODE": "true"},
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
-    assert proc.returncode == 1
-    assert "invalid literal for int() with base 10: 'true'" in proc.stderr.decode()
+def test_dev_mode_is_read_as_an_integer(tmp_path: Path) -> None:
+    b = spawn(tmp_path, "--startup-delay", "0", "--no-worker",
+              env={"VLLM_SERVER_DEV_MODE": "true"})
+    assert b.proc.wait(timeout=30) == 1
+    assert "invalid literal for int() with base 10: 'true'" in b.stderr()
 
 
 async def test_level_and_mode_come_from_the_query_string_only(
