@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -285,6 +287,18 @@ class StubGateway:
             self._event(name, "ready", f"ready after {model.last_start_s:.1f} s")
         else:
             self._event(name, "stopped", "unloaded on request")
+
+
+@asynccontextmanager
+async def serving(gateway: StubGateway) -> AsyncIterator[str]:
+    """The stand-in listening on a free loopback port; yields its URL."""
+    runner = web.AppRunner(gateway.app())
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 def main() -> None:

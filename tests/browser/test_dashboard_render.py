@@ -9,9 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
-from helpers import free_port
-from stub_gateway import StubGateway
+from stub_gateway import StubGateway, serving
 
 Screenshot = Callable[[Any, str], Awaitable[Path]]  # the conftest's screenshot fixture
 ADMIN_KEY = "stub-admin-key"
@@ -21,14 +19,8 @@ TIMEOUT_MS = 15_000
 @pytest.fixture
 async def stub() -> AsyncIterator[tuple[StubGateway, str]]:
     gateway = StubGateway(admin_key=ADMIN_KEY)
-    runner = web.AppRunner(gateway.app())
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield gateway, f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(gateway) as url:
+        yield gateway, url
 
 
 async def test_renders_status_and_asks_for_the_admin_key(

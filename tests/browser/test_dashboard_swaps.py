@@ -13,9 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
-from helpers import free_port
-from stub_gateway import StubGateway, swap_demo
+from stub_gateway import StubGateway, serving, swap_demo
 
 Screenshot = Callable[..., Awaitable[Path]]  # the conftest's screenshot fixture
 TIMEOUT_MS = 15_000
@@ -26,14 +24,8 @@ async def swaps() -> AsyncIterator[tuple[StubGateway, str]]:
     models, history = swap_demo()
     gateway = StubGateway(models=models, gpu_vram_gb=(48.0,), history=history,
                           gpu_nodes=("gpu-a",))
-    runner = web.AppRunner(gateway.app())
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield gateway, f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(gateway) as url:
+        yield gateway, url
 
 
 async def test_every_state_renders_with_its_hints_and_buttons(
