@@ -176,15 +176,20 @@ async def poll_status(base_url: str, watch: Watch, max_concurrent: int, interval
 
 
 async def _still_asleep(session: aiohttp.ClientSession, status: dict[str, Any]) -> frozenset[str]:
-    """Waking models whose fake servers have not begun the wake (no /wake_up reached them)."""
+    """Waking or stopping models whose servers are asleep (a wake not begun, or a sleeper
+    being stopped: status gives its sleep_level until it is gone): they hold only their
+    residual."""
     found = set()
     for model in status.get("models", []):
-        if model.get("state") != "waking" or not model.get("port"):
+        name, state = str(model["name"]), model.get("state")
+        if state == "stopping" and model.get("sleep_level"):
+            found.add(name)
+        if state != "waking" or not model.get("port"):
             continue
         try:
             async with session.get(f"http://{LOOPBACK}:{model['port']}/fake/stats") as resp:
                 if (await resp.json()).get("resident") is False:
-                    found.add(str(model["name"]))
+                    found.add(name)
         except (TimeoutError, aiohttp.ClientError, ValueError):
             continue  # unknown: counted in full
     return frozenset(found)

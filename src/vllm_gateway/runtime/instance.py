@@ -61,6 +61,7 @@ class Instance:
         # Memory counts as used once the server was launched; before that it is reserved.
         self.launched = False
         self.wake_sent = False  # while waking: /wake_up was sent, the memory is coming back
+        self.stopping_asleep = False  # stopping from sleep: it holds its residual until gone
         self.gpu_memory_utilization = 0.9
         # The start, stop, sleep, wake or clean-up in progress; requests wait on it, never
         # cancel it. Its result is the error a waiting request should see, if any.
@@ -117,10 +118,12 @@ class Instance:
     def held_gb(self, on_gpu: bool = False) -> float:
         """GPU memory per GPU of its placement that this model has reserved, or with ``on_gpu``
         holds now: a wake reserves the full size once decided, but until ``/wake_up`` is sent
-        (after the room is made) the server still holds only its residual."""
+        (after the room is made) the server still holds only its residual; a sleeper being
+        stopped holds its residual until its processes are gone."""
         if not self.placement:
             return 0.0
         if self.state is State.SLEEPING or (
+                self.state is State.STOPPING and self.stopping_asleep) or (
                 on_gpu and self.state is State.WAKING and not self.wake_sent):
             return self.residual_gb if self.residual_gb is not None else self.cfg.sleep_vram_gb
         return self.vram_gb

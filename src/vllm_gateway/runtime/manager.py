@@ -203,6 +203,7 @@ class Manager:
             return None
         if not inst.life.move(state, State.STOPPING):
             return None
+        inst.stopping_asleep = state is State.SLEEPING
         self.count_stop(inst, reason)
         previous = inst.transition
         inst.transition = asyncio.create_task(self.transitions.stop(inst, previous, grace_s))

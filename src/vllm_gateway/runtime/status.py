@@ -69,7 +69,9 @@ def model_status(manager: Manager, first: Instance) -> dict[str, Any]:
         "retry_in_s": math.ceil(max(inst.retry_at - now, 0.0) * 10) / 10
         if inst.retry_at is not None and inst.state is State.BACKOFF else None,
         "sleep": cfg.sleep or None,
-        "sleep_level": inst.sleep_level if inst.state is State.SLEEPING else None,
+        # A sleeper being stopped still sleeps (and holds only its residual) until it is gone.
+        "sleep_level": inst.sleep_level if inst.state is State.SLEEPING or (
+            inst.state is State.STOPPING and inst.stopping_asleep) else None,
         "asleep_for_s": round(now - inst.asleep_since, 1)
         if inst.asleep_since is not None and inst.state is State.SLEEPING else None,
         "last_wake_s": inst.last_wake_s,

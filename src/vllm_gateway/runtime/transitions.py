@@ -219,7 +219,7 @@ class Transitions:
             inst.placement = None
             inst.launched = False
             inst.sleep_level, inst.host_gb, inst.asleep_since = None, 0.0, None
-            inst.residual_gb = None
+            inst.residual_gb, inst.stopping_asleep = None, False
             if inst.life.move(State.STOPPING, State.STOPPED):
                 svc.events.add(inst.name, EventKind.STOPPED,
                                inst.said("processes gone, memory released"))
